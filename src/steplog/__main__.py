@@ -1,0 +1,5 @@
+import sys
+
+from steplog.cli import main
+
+sys.exit(main())

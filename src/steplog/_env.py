@@ -1,0 +1,184 @@
+"""The LMDB environment: creating it privately, checking its format, growing its map.
+
+LMDB may not change its map size while any transaction of this process is open, so
+every transaction runs inside :class:`Gate`'s shared side and a resize takes its
+exclusive side.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import lmdb
+import msgspec
+
+from steplog import _keys
+from steplog.errors import NotAStore, StorageError, UnsupportedFormat
+
+FORMAT_MAGIC = "steplog"
+FORMAT_VERSION = 1
+
+DB_NAMES = ("meta", "runs", "log", "nodes", "workflows", "recent", "children")
+
+#: Initial map: large enough that most stores never resize (the file grows only as
+#: data is written; the map is address space, not disk).
+DEFAULT_MAP_SIZE = 1 << 30
+#: Each growth at least doubles the map, so a burst of appends triggers few resizes.
+MIN_GROWTH = 64 << 20
+#: Concurrent read transactions (threads x processes) before LMDB refuses a reader.
+MAX_READERS = 1024
+
+_LMDB_FILES = ("data.mdb", "lock.mdb")
+
+
+class _FormatMarker(msgspec.Struct):
+    magic: str
+    version: int
+
+
+class Gate:
+    """A readers-writer gate: many transactions, or one map resize."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition(threading.Lock())
+        self._active = 0
+        self._exclusive = False
+
+    @contextmanager
+    def shared(self) -> Iterator[None]:
+        with self._cond:
+            while self._exclusive:
+                self._cond.wait()
+            self._active += 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._active -= 1
+                if self._active == 0:
+                    self._cond.notify_all()
+
+    @contextmanager
+    def exclusive(self) -> Iterator[None]:
+        with self._cond:
+            while self._exclusive:
+                self._cond.wait()
+            self._exclusive = True
+            while self._active:
+                self._cond.wait()
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._exclusive = False
+                self._cond.notify_all()
+
+
+def _private_dir(path: Path) -> None:
+    if path.exists():
+        if not path.is_dir():
+            raise NotAStore(f"{str(path)!r} is not a directory, so not a steplog store")
+        return
+    try:
+        path.mkdir(parents=True, mode=0o700)
+        os.chmod(path, 0o700)
+    except OSError as exc:
+        raise StorageError(f"cannot create store directory {str(path)!r}: {exc}") from exc
+
+
+def _private_files(path: Path) -> None:
+    """Create LMDB's files as 0600 before LMDB does, whatever the umask."""
+    for name in _LMDB_FILES:
+        fd = os.open(path / name, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            os.fchmod(fd, 0o600)
+        finally:
+            os.close(fd)
+
+
+def open_env(path: Path, map_size: int) -> tuple[lmdb.Environment, dict[str, Any]]:
+    """Open (creating if absent) the store at ``path``; return the env and its databases."""
+    _private_dir(path)
+    existing = (path / "data.mdb").exists()
+    if not existing:
+        others = [p.name for p in path.iterdir()]
+        if others:
+            raise NotAStore(
+                f"{str(path)!r} is not empty and holds no steplog store "
+                f"(found {', '.join(sorted(others)[:5])})"
+            )
+    try:
+        if not existing:
+            _private_files(path)
+        env = lmdb.open(
+            str(path),
+            map_size=map_size,
+            subdir=True,
+            mode=0o600,
+            max_dbs=len(DB_NAMES),
+            max_readers=MAX_READERS,
+            readahead=False,
+        )
+    except lmdb.Error as exc:
+        raise StorageError(f"cannot open store at {str(path)!r}: {exc}") from exc
+    try:
+        env.reader_check()
+        dbs = _open_dbs(env, path, existing)
+    except BaseException:
+        env.close()
+        raise
+    return env, dbs
+
+
+def _open_dbs(env: lmdb.Environment, path: Path, existing: bool) -> dict[str, Any]:
+    try:
+        if existing:
+            with env.begin() as txn:
+                names = set(env.dbs(txn))
+            if b"meta" not in names:
+                raise NotAStore(f"{str(path)!r} holds an LMDB environment that is not a steplog store")
+            meta = env.open_db(b"meta", create=False)
+            with env.begin(db=meta) as txn:
+                raw = txn.get(_keys.META_FORMAT)
+            _check_format(path, raw)
+        with env.begin(write=True) as txn:
+            dbs = {name: env.open_db(name.encode(), txn=txn) for name in DB_NAMES}
+            if not existing or txn.get(_keys.META_FORMAT, db=dbs["meta"]) is None:
+                marker = _FormatMarker(FORMAT_MAGIC, FORMAT_VERSION)
+                txn.put(_keys.META_FORMAT, msgspec.msgpack.encode(marker), db=dbs["meta"])
+        return dbs
+    except lmdb.Error as exc:
+        raise StorageError(f"cannot open store at {str(path)!r}: {exc}") from exc
+
+
+def _check_format(path: Path, raw: bytes | None) -> None:
+    if raw is None:
+        raise NotAStore(f"{str(path)!r} holds an LMDB environment that is not a steplog store")
+    try:
+        marker = msgspec.msgpack.decode(raw, type=_FormatMarker)
+    except msgspec.DecodeError:
+        raise NotAStore(f"{str(path)!r} has an unreadable format marker") from None
+    if marker.magic != FORMAT_MAGIC:
+        raise NotAStore(f"{str(path)!r} is not a steplog store")
+    if marker.version > FORMAT_VERSION:
+        raise UnsupportedFormat(
+            f"{str(path)!r} was written in steplog format {marker.version}; this steplog "
+            f"reads format {FORMAT_VERSION} or older. Upgrade steplog to open it."
+        )
+
+
+def next_map_size(current: int, used: int, limit: int | None) -> int:
+    """The map size after one growth step, or raise StorageError at ``limit``."""
+    target = max(current * 2, used + MIN_GROWTH)
+    if limit is not None:
+        if current >= limit:
+            raise StorageError(
+                f"the store reached its max_map_size of {limit} bytes; nothing was written"
+            )
+        target = min(target, limit)
+    return target

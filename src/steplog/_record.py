@@ -1,0 +1,193 @@
+"""The stored record format: a fixed header, then the (compressed) payload.
+
+Layout (little-endian), see docs/ARCHITECTURE.md::
+
+    0  u8   format version (RECORD_VERSION)
+    1  u8   codec: 0 raw, 1 zstd frame
+    2  u8   status code of the checkpoint
+    3  u8   flags (reserved, 0)
+    4  u32  CRC-32 of bytes [0:4] + [8:]: any flipped stored byte is detected
+    8  u64  recency seq of the checkpoint (global commit order)
+    16 i64  created_at, ns since the Unix epoch, UTC
+    24 u32  decoded payload length
+    28 ...  body
+
+The payload is MessagePack ``[node, metadata, state]``. zstd frames also carry
+zstd's own checksum of the decoded content.
+"""
+
+from __future__ import annotations
+
+import struct
+import threading
+import zlib
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
+
+import msgspec
+import zstandard
+
+from steplog.errors import CorruptRecord, InvalidArgument, SchemaMismatch
+from steplog.model import Status
+
+RECORD_VERSION = 1
+CODEC_RAW = 0
+CODEC_ZSTD = 1
+
+HEADER = struct.Struct("<BBBBIQqI")
+HEADER_SIZE = HEADER.size
+
+#: zstd level 3 is zstd's default: near level 9's ratio on JSON-like state at a
+#: fraction of the CPU (measured in benchmarks/bench_codec.py).
+ZSTD_LEVEL = 3
+#: Payloads smaller than this are stored raw: a zstd frame's fixed overhead
+#: (~13 bytes with checksum) outweighs what it saves.
+MIN_COMPRESS_BYTES = 64
+
+STATUS_CODES: dict[Status, int] = {s: i for i, s in enumerate(Status)}
+CODE_STATUS: dict[int, Status] = {i: s for s, i in STATUS_CODES.items()}
+
+T = TypeVar("T")
+
+
+class _Payload(msgspec.Struct, Generic[T], array_like=True):
+    node: str | None
+    metadata: dict[str, Any]
+    state: T
+
+
+_ENCODER = msgspec.msgpack.Encoder()
+_UNTYPED = msgspec.msgpack.Decoder(_Payload[Any])
+_typed_decoders: dict[Any, msgspec.msgpack.Decoder[Any]] = {}
+_local = threading.local()
+
+
+def _cctx() -> zstandard.ZstdCompressor:
+    ctx: zstandard.ZstdCompressor | None = getattr(_local, "cctx", None)
+    if ctx is None:
+        ctx = _local.cctx = zstandard.ZstdCompressor(
+            level=ZSTD_LEVEL, write_checksum=True, write_content_size=True
+        )
+    return ctx
+
+
+def _dctx() -> zstandard.ZstdDecompressor:
+    ctx: zstandard.ZstdDecompressor | None = getattr(_local, "dctx", None)
+    if ctx is None:
+        ctx = _local.dctx = zstandard.ZstdDecompressor()
+    return ctx
+
+
+def encode_payload(run_id: str, node: str | None, metadata: dict[str, Any], state: Any) -> bytes:
+    """MessagePack-encode a checkpoint's payload; unencodable state -> InvalidArgument."""
+    try:
+        return _ENCODER.encode((node, metadata, state))
+    except (TypeError, ValueError, OverflowError, msgspec.EncodeError) as exc:
+        raise InvalidArgument(f"run {run_id!r}: state cannot be encoded: {exc}") from None
+
+
+def decode_state_untyped(payload: bytes) -> Any:
+    """Decode just the state of a payload, as builtins."""
+    return _UNTYPED.decode(payload).state
+
+
+def to_builtins(run_id: str, value: Any) -> Any:
+    try:
+        return msgspec.to_builtins(value)
+    except (TypeError, ValueError, OverflowError, msgspec.EncodeError) as exc:
+        raise InvalidArgument(f"run {run_id!r}: value cannot be encoded: {exc}") from None
+
+
+def pack(payload: bytes, *, seq: int, created_ns: int, status: Status) -> bytes:
+    """Build a stored record around an encoded payload."""
+    codec, body = CODEC_RAW, payload
+    if len(payload) >= MIN_COMPRESS_BYTES:
+        compressed = _cctx().compress(payload)
+        if len(compressed) < len(payload):
+            codec, body = CODEC_ZSTD, compressed
+    head = HEADER.pack(
+        RECORD_VERSION, codec, STATUS_CODES[status], 0, 0, seq, created_ns, len(payload)
+    )
+    crc = zlib.crc32(body, zlib.crc32(head[8:], zlib.crc32(head[:4])))
+    return head[:4] + struct.pack("<I", crc) + head[8:] + body
+
+
+@dataclass(frozen=True, slots=True)
+class Header:
+    codec: int
+    status: Status
+    seq: int
+    created_ns: int
+    raw_len: int
+
+
+def read_header(run_id: str, index: int, record: bytes) -> Header:
+    """Parse and verify a record's header and checksum (the body is not decoded)."""
+    if len(record) < HEADER_SIZE:
+        raise CorruptRecord(run_id, index, f"record is {len(record)} bytes, shorter than its header")
+    version, codec, status_code, _flags, crc, seq, created_ns, raw_len = HEADER.unpack_from(record)
+    view = memoryview(record)
+    actual = zlib.crc32(view[8:], zlib.crc32(view[:4]))
+    if actual != crc:
+        raise CorruptRecord(run_id, index, "checksum mismatch")
+    if version != RECORD_VERSION:
+        raise CorruptRecord(run_id, index, f"unknown record version {version}")
+    if codec not in (CODEC_RAW, CODEC_ZSTD):
+        raise CorruptRecord(run_id, index, f"unknown codec {codec}")
+    status = CODE_STATUS.get(status_code)
+    if status is None:
+        raise CorruptRecord(run_id, index, f"unknown status code {status_code}")
+    return Header(codec, status, seq, created_ns, raw_len)
+
+
+def unpack_payload(run_id: str, index: int, record: bytes, header: Header, limit: int) -> bytes:
+    """Return the decoded payload bytes of a verified record, never more than ``limit``."""
+    if header.raw_len > limit:
+        raise CorruptRecord(
+            run_id, index, f"payload of {header.raw_len} bytes exceeds max_record_size {limit}"
+        )
+    body = memoryview(record)[HEADER_SIZE:]
+    if header.codec == CODEC_RAW:
+        if len(body) != header.raw_len:
+            raise CorruptRecord(run_id, index, "payload length does not match header")
+        return bytes(body)
+    try:
+        if zstandard.frame_content_size(body) != header.raw_len:
+            raise CorruptRecord(run_id, index, "compressed frame size does not match header")
+        payload = _dctx().decompress(body, max_output_size=header.raw_len)
+    except zstandard.ZstdError as exc:
+        raise CorruptRecord(run_id, index, f"decompression failed: {exc}") from None
+    if len(payload) != header.raw_len:
+        raise CorruptRecord(run_id, index, "decoded length does not match header")
+    return payload
+
+
+def decoder_for(type_: Any) -> msgspec.msgpack.Decoder[Any]:
+    dec = _typed_decoders.get(type_)
+    if dec is None:
+        try:
+            dec = msgspec.msgpack.Decoder(_Payload[type_])  # type: ignore[valid-type]
+        except (TypeError, ValueError) as exc:
+            raise InvalidArgument(f"type={type_!r} is not a type steplog can decode into: {exc}") from None
+        _typed_decoders[type_] = dec
+    return dec
+
+
+def decode_payload(
+    run_id: str, index: int, payload: bytes, type_: Any = None
+) -> tuple[str | None, dict[str, Any], Any]:
+    """Decode ``[node, metadata, state]``; ``type_`` shapes the state."""
+    if type_ is None:
+        try:
+            out = _UNTYPED.decode(payload)
+        except msgspec.DecodeError as exc:
+            raise CorruptRecord(run_id, index, f"payload does not decode: {exc}") from None
+        return out.node, out.metadata, out.state
+    dec = decoder_for(type_)
+    try:
+        out = dec.decode(payload)
+    except msgspec.ValidationError as exc:
+        raise SchemaMismatch(run_id, index, type_, str(exc)) from None
+    except msgspec.DecodeError as exc:
+        raise CorruptRecord(run_id, index, f"payload does not decode: {exc}") from None
+    return out.node, out.metadata, out.state
