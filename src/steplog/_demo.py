@@ -66,7 +66,16 @@ def run_demo(path: Path, out: TextIO = sys.stdout) -> None:
 
     say(f"\n1. A worker process runs {RUN!r} and is killed (SIGKILL) after {CRASH_AFTER} steps")
     proc = subprocess.run(  # noqa: S603 - our own interpreter and module
-        [sys.executable, "-m", "steplog", "_worker", "--path", str(path), "--crash-after", str(CRASH_AFTER)],
+        [
+            sys.executable,
+            "-m",
+            "steplog",
+            "_worker",
+            "--path",
+            str(path),
+            "--crash-after",
+            str(CRASH_AFTER),
+        ],
         check=False,
     )
     say(f"   worker exit code {proc.returncode} (killed by signal {-proc.returncode})")
@@ -82,14 +91,20 @@ def run_demo(path: Path, out: TextIO = sys.stdout) -> None:
     with steplog.open(path) as store:
         info = store.run(RUN)
         assert info is not None
-        say(f"   run {RUN!r}: {info.length} checkpoints, status {info.status.value if info.status else '-'}")
+        status = info.status.value if info.status else "-"
+        say(f"   run {RUN!r}: {info.length} checkpoints, status {status}")
 
         say("\n3. Fork from checkpoint #1 with an override (escalate the ticket)")
         fork = store.fork(RUN, 1, FORK, overrides={"tier": "priority"})
         state = fork.state
         for node in ("escalate", "send"):
             state = _step(state, node)
-            store.append(FORK, state, node=node, status=Status.COMPLETED if node == "send" else Status.RUNNING)
+            store.append(
+                FORK,
+                state,
+                node=node,
+                status=Status.COMPLETED if node == "send" else Status.RUNNING,
+            )
 
         say(f"\n4. History of {RUN!r}")
         say(f"   {'#':>2}  {'node':<13} {'status':<10} {'msgs':>4}  created (UTC)")
@@ -102,18 +117,22 @@ def run_demo(path: Path, out: TextIO = sys.stdout) -> None:
 
         say(f"\n5. History of the fork {FORK!r}")
         for cp in store.history(FORK):
-            say(f"   {cp.index:>2}  {cp.node or '-':<13} {cp.status.value:<10} tier={cp.state['tier']}")
+            tier = cp.state["tier"]
+            say(f"   {cp.index:>2}  {cp.node or '-':<13} {cp.status.value:<10} tier={tier}")
 
         say(f"\n6. Lineage of {FORK!r}")
         for depth, run in enumerate(store.lineage(FORK)):
             origin = (
-                f" (forked from {run.parent_run_id!r} at #{run.parent_index})" if run.parent_run_id else " (root)"
+                f" (forked from {run.parent_run_id!r} at #{run.parent_index})"
+                if run.parent_run_id
+                else " (root)"
             )
             say(f"   {'  ' * depth}{run.run_id}{origin}")
 
         latest_wf = store.latest(WORKFLOW)
         assert latest_wf is not None
-        say(f"\n7. Latest checkpoint of workflow {WORKFLOW!r}: {latest_wf.run_id} #{latest_wf.index}")
+        where = f"{latest_wf.run_id} #{latest_wf.index}"
+        say(f"\n7. Latest checkpoint of workflow {WORKFLOW!r}: {where}")
         runs = store.runs(WORKFLOW)
         say(f"   runs newest first: {', '.join(r.run_id for r in runs)}")
 

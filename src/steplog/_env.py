@@ -141,7 +141,9 @@ def _open_dbs(env: lmdb.Environment, path: Path, existing: bool) -> dict[str, An
             with env.begin() as txn:
                 names = set(env.dbs(txn))
             if b"meta" not in names:
-                raise NotAStore(f"{str(path)!r} holds an LMDB environment that is not a steplog store")
+                raise NotAStore(
+                    f"{str(path)!r} holds an LMDB environment that is not a steplog store"
+                )
             meta = env.open_db(b"meta", create=False)
             with env.begin(db=meta) as txn:
                 raw = txn.get(_keys.META_FORMAT)

@@ -124,7 +124,9 @@ class Header:
 def read_header(run_id: str, index: int, record: bytes) -> Header:
     """Parse and verify a record's header and checksum (the body is not decoded)."""
     if len(record) < HEADER_SIZE:
-        raise CorruptRecord(run_id, index, f"record is {len(record)} bytes, shorter than its header")
+        raise CorruptRecord(
+            run_id, index, f"record is {len(record)} bytes, shorter than its header"
+        )
     version, codec, status_code, _flags, crc, seq, created_ns, raw_len = HEADER.unpack_from(record)
     view = memoryview(record)
     actual = zlib.crc32(view[8:], zlib.crc32(view[:4]))
@@ -166,9 +168,11 @@ def decoder_for(type_: Any) -> msgspec.msgpack.Decoder[Any]:
     dec = _typed_decoders.get(type_)
     if dec is None:
         try:
-            dec = msgspec.msgpack.Decoder(_Payload[type_])  # type: ignore[valid-type]
+            dec = msgspec.msgpack.Decoder(_Payload[type_])
         except (TypeError, ValueError) as exc:
-            raise InvalidArgument(f"type={type_!r} is not a type steplog can decode into: {exc}") from None
+            raise InvalidArgument(
+                f"type={type_!r} is not a type steplog can decode into: {exc}"
+            ) from None
         _typed_decoders[type_] = dec
     return dec
 

@@ -108,6 +108,4 @@ def _check_text(text: str, what: str) -> None:
     except UnicodeEncodeError as exc:
         raise InvalidArgument(f"{what} is not valid Unicode: {exc.reason}") from None
     if size > MAX_METADATA_STR_BYTES:
-        raise InvalidArgument(
-            f"{what} is {size} bytes, over the limit of {MAX_METADATA_STR_BYTES}"
-        )
+        raise InvalidArgument(f"{what} is {size} bytes, over the limit of {MAX_METADATA_STR_BYTES}")

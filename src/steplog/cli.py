@@ -43,11 +43,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             with steplog.open(args.path) as store:
                 for info in store.runs(args.workflow, limit=args.limit):
                     status = info.status.value if info.status else "-"
-                    print(f"{info.run_id}\t{info.workflow_id or '-'}\t{info.length}\t{status}\t{info.updated_at:%Y-%m-%d %H:%M:%S}")
+                    wf = info.workflow_id or "-"
+                    row = (info.run_id, wf, info.length, status, info.updated_at)
+                    print("\t".join(map(str, row)))
         elif args.command == "history":
             with steplog.open(args.path) as store:
                 for cp in store.history(args.run_id):
-                    print(f"{cp.index}\t{cp.node or '-'}\t{cp.status.value}\t{cp.created_at:%Y-%m-%d %H:%M:%S.%f}")
+                    row = (cp.index, cp.node or "-", cp.status.value, cp.created_at.isoformat())
+                    print("\t".join(map(str, row)))
     except steplog.StepLogError as exc:
         print(f"steplog: {exc}", file=sys.stderr)
         return 1

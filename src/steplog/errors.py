@@ -59,9 +59,7 @@ class CheckpointNotFound(StepLogError, LookupError):
     """The run exists but has no checkpoint at the given index."""
 
     def __init__(self, run_id: str, index: int, length: int) -> None:
-        super().__init__(
-            f"run {run_id!r} has no checkpoint at index {index} (it has {length})"
-        )
+        super().__init__(f"run {run_id!r} has no checkpoint at index {index} (it has {length})")
         self.run_id = run_id
         self.index = index
         self.length = length
@@ -94,9 +92,7 @@ class WorkflowMismatch(InvalidArgument):
     """An append names a workflow other than the one the run was created with."""
 
     def __init__(self, run_id: str, existing: str | None, given: str) -> None:
-        super().__init__(
-            f"run {run_id!r} belongs to workflow {existing!r}, not {given!r}"
-        )
+        super().__init__(f"run {run_id!r} belongs to workflow {existing!r}, not {given!r}")
         self.run_id = run_id
         self.existing = existing
         self.given = given

@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import asdict, is_dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import lmdb
 import msgspec
@@ -36,6 +36,11 @@ from steplog.errors import (
     WorkflowMismatch,
 )
 from steplog.model import Checkpoint, RunInfo, Status
+
+if TYPE_CHECKING:
+    from typing import TypeAlias
+
+    Txn: TypeAlias = lmdb.Transaction[bytes]
 
 __all__ = ["DEFAULT_MAX_RECORD_SIZE", "Store", "open"]
 
@@ -170,7 +175,7 @@ class Store:
 
     # ------------------------------------------------------------------ transactions
 
-    def _read(self, fn: Callable[[lmdb.Transaction], T]) -> T:
+    def _read(self, fn: Callable[[Txn], T]) -> T:
         while True:
             try:
                 with self._gate.shared():
@@ -182,7 +187,7 @@ class Store:
             except lmdb.Error as exc:
                 raise StorageError(f"read from {str(self.path)!r} failed: {exc}") from exc
 
-    def _write(self, fn: Callable[[lmdb.Transaction], T]) -> T:
+    def _write(self, fn: Callable[[Txn], T]) -> T:
         with self._write_lock:
             while True:
                 try:
@@ -217,7 +222,7 @@ class Store:
 
     # ------------------------------------------------------------------ helpers (in txn)
 
-    def _header(self, txn: lmdb.Transaction, rid: bytes) -> _RunHeader | None:
+    def _header(self, txn: Txn, rid: bytes) -> _RunHeader | None:
         raw = txn.get(rid, db=self._runs)
         if raw is None:
             return None
@@ -226,19 +231,19 @@ class Store:
         except msgspec.DecodeError:
             raise CorruptRecord(rid.decode(), -1, "run header does not decode") from None
 
-    def _require(self, txn: lmdb.Transaction, rid: bytes) -> _RunHeader:
+    def _require(self, txn: Txn, rid: bytes) -> _RunHeader:
         hdr = self._header(txn, rid)
         if hdr is None:
             raise RunNotFound(rid.decode())
         return hdr
 
-    def _counter(self, txn: lmdb.Transaction, key: bytes) -> int:
+    def _counter(self, txn: Txn, key: bytes) -> int:
         raw = txn.get(key, db=self._meta)
         value = U64.unpack(raw)[0] + 1 if raw is not None else 1
         txn.put(key, U64.pack(value), db=self._meta)
         return value
 
-    def _raw_record(self, txn: lmdb.Transaction, hdr: _RunHeader, run_id: str, index: int) -> bytes:
+    def _raw_record(self, txn: Txn, hdr: _RunHeader, run_id: str, index: int) -> bytes:
         raw = txn.get(_keys.log_key(hdr.run_no, index), db=self._log)
         if raw is None:
             raise CorruptRecord(run_id, index, "record missing from a run's dense range")
@@ -275,9 +280,7 @@ class Store:
             parent_index=hdr.parent_index,
         )
 
-    def _set_recency(
-        self, txn: lmdb.Transaction, rid: bytes, old: _RunHeader | None, new: _RunHeader
-    ) -> None:
+    def _set_recency(self, txn: Txn, rid: bytes, old: _RunHeader | None, new: _RunHeader) -> None:
         """Move the run's entries in ``recent`` and ``workflows`` from old.seq to new.seq."""
         if old is not None:
             txn.delete(_keys.recent_key(old.seq), db=self._recent)
@@ -297,7 +300,7 @@ class Store:
 
     def _put_checkpoint(
         self,
-        txn: lmdb.Transaction,
+        txn: Txn,
         rid: bytes,
         old: _RunHeader | None,
         hdr: _RunHeader,
@@ -323,7 +326,7 @@ class Store:
         self._set_recency(txn, rid, old, new)
         return new
 
-    def _last_with_prefix(self, txn: lmdb.Transaction, db: Any, prefix: bytes) -> tuple[bytes, bytes] | None:
+    def _last_with_prefix(self, txn: Txn, db: Any, prefix: bytes) -> tuple[bytes, bytes] | None:
         """The greatest (key, value) whose key starts with ``prefix``."""
         cur = txn.cursor(db=db)
         end = _keys.prefix_end(prefix)
@@ -366,7 +369,7 @@ class Store:
         payload = self._encode(run_id, node, meta, state)
         self._live_env()
 
-        def op(txn: lmdb.Transaction) -> Checkpoint:
+        def op(txn: Txn) -> Checkpoint:
             old = self._header(txn, rid)
             if old is None:
                 now = time.time_ns()
@@ -427,14 +430,16 @@ class Store:
         patch = self._overrides(new_run_id, overrides)
         self._live_env()
 
-        def op(txn: lmdb.Transaction) -> Checkpoint:
+        def op(txn: Txn) -> Checkpoint:
             parent = self._require(txn, src)
             at = idx + parent.length if idx < 0 else idx
             if not 0 <= at < parent.length:
                 raise CheckpointNotFound(source_run_id, idx, parent.length)
             if self._header(txn, dst) is not None:
                 raise RunExists(new_run_id)
-            origin = self._checkpoint(source_run_id, at, parent, self._raw_record(txn, parent, source_run_id, at))
+            origin = self._checkpoint(
+                source_run_id, at, parent, self._raw_record(txn, parent, source_run_id, at)
+            )
             state = origin.state
             if patch:
                 if not isinstance(state, dict):
@@ -473,7 +478,11 @@ class Store:
         elif isinstance(overrides, msgspec.Struct) or (
             is_dataclass(overrides) and not isinstance(overrides, type)
         ):
-            patch = msgspec.structs.asdict(overrides) if isinstance(overrides, msgspec.Struct) else asdict(overrides)
+            patch = (
+                msgspec.structs.asdict(overrides)
+                if isinstance(overrides, msgspec.Struct)
+                else asdict(overrides)
+            )
         else:
             raise InvalidArgument(
                 f"overrides must be a mapping (or Struct/dataclass), not {type(overrides).__name__}"
@@ -494,7 +503,7 @@ class Store:
         rid = _validate.ident(run_id, "run_id")
         self._live_env()
 
-        def op(txn: lmdb.Transaction) -> Checkpoint | None:
+        def op(txn: Txn) -> Checkpoint | None:
             hdr = self._require(txn, rid)
             if hdr.length == 0:
                 return None
@@ -507,18 +516,22 @@ class Store:
             if gone.node is not None:
                 txn.delete(_keys.node_key(hdr.run_no, gone.node.encode(), index), db=self._nodes)
             if index > 0:
-                prev = _record.read_header(run_id, index - 1, self._raw_record(txn, hdr, run_id, index - 1))
+                prev = _record.read_header(
+                    run_id, index - 1, self._raw_record(txn, hdr, run_id, index - 1)
+                )
                 seq, updated, status = prev.seq, prev.created_ns, _record.STATUS_CODES[prev.status]
             else:
                 seq = self._counter(txn, _keys.META_SEQ)
                 updated, status = max(time.time_ns(), hdr.updated_ns), _NO_STATUS
-            new = msgspec.structs.replace(hdr, length=index, seq=seq, updated_ns=updated, status=status)
+            new = msgspec.structs.replace(
+                hdr, length=index, seq=seq, updated_ns=updated, status=status
+            )
             self._set_recency(txn, rid, hdr, new)
             return gone
 
         return self._write(op)
 
-    def _children_at(self, txn: lmdb.Transaction, run_no: int, index: int | None) -> list[str]:
+    def _children_at(self, txn: Txn, run_no: int, index: int | None) -> list[str]:
         prefix = _keys.child_prefix(run_no, index)
         cur = txn.cursor(db=self._children)
         out: list[str] = []
@@ -537,7 +550,7 @@ class Store:
         rid = _validate.ident(run_id, "run_id")
         self._live_env()
 
-        def op(txn: lmdb.Transaction) -> int:
+        def op(txn: Txn) -> int:
             hdr = self._require(txn, rid)
             for db, prefix in (
                 (self._log, _keys.log_prefix(hdr.run_no)),
@@ -550,14 +563,16 @@ class Store:
                 txn.delete(key, db=self._children)
             txn.delete(_keys.recent_key(hdr.seq), db=self._recent)
             if hdr.workflow_id is not None:
-                txn.delete(_keys.workflow_key(hdr.workflow_id.encode(), hdr.seq), db=self._workflows)
+                txn.delete(
+                    _keys.workflow_key(hdr.workflow_id.encode(), hdr.seq), db=self._workflows
+                )
             txn.delete(rid, db=self._runs)
             return hdr.length
 
         return self._write(op)
 
     @staticmethod
-    def _delete_prefix(txn: lmdb.Transaction, db: Any, prefix: bytes) -> None:
+    def _delete_prefix(txn: Txn, db: Any, prefix: bytes) -> None:
         cur = txn.cursor(db=db)
         if not cur.set_range(prefix):
             return
@@ -591,12 +606,14 @@ class Store:
         if type is not None:
             _record.decoder_for(type)
 
-        def op(txn: lmdb.Transaction) -> Checkpoint | None:
+        def op(txn: Txn) -> Checkpoint | None:
             hdr = self._header(txn, rid)
             if hdr is None or hdr.length == 0:
                 return None
             if node_b is not None:
-                hit = self._last_with_prefix(txn, self._nodes, _keys.node_prefix(hdr.run_no, node_b))
+                hit = self._last_with_prefix(
+                    txn, self._nodes, _keys.node_prefix(hdr.run_no, node_b)
+                )
                 if hit is None:
                     return None
                 at = U64.unpack(hit[0][-8:])[0]
@@ -614,7 +631,7 @@ class Store:
         """The newest checkpoint across all runs of ``workflow_id`` (None if none)."""
         prefix = _keys.workflow_prefix(_validate.ident(workflow_id, "workflow_id"))
 
-        def op(txn: lmdb.Transaction) -> Checkpoint | None:
+        def op(txn: Txn) -> Checkpoint | None:
             cur = txn.cursor(db=self._workflows)
             end = _keys.prefix_end(prefix)
             ok = cur.set_range(end) if end is not None else False
@@ -635,7 +652,7 @@ class Store:
         """The header of ``run_id``, or None if there is no such run."""
         rid = _validate.ident(run_id, "run_id")
 
-        def op(txn: lmdb.Transaction) -> RunInfo | None:
+        def op(txn: Txn) -> RunInfo | None:
             hdr = self._header(txn, rid)
             return None if hdr is None else self._info(run_id, hdr)
 
@@ -657,7 +674,7 @@ class Store:
         else:
             db, prefix = self._recent, b""
 
-        def op(txn: lmdb.Transaction) -> list[RunInfo]:
+        def op(txn: Txn) -> list[RunInfo]:
             out: list[RunInfo] = []
             if cap == 0:
                 return out
@@ -707,7 +724,7 @@ class Store:
         while at < last:
             chunk_end = min(at + HISTORY_CHUNK, last)
 
-            def op(txn: lmdb.Transaction, lo: int = at, hi: int = chunk_end) -> list[Checkpoint]:
+            def op(txn: Txn, lo: int = at, hi: int = chunk_end) -> list[Checkpoint]:
                 cur = txn.cursor(db=self._log)
                 out: list[Checkpoint] = []
                 if not cur.set_key(_keys.log_key(hdr.run_no, lo)):
@@ -732,7 +749,7 @@ class Store:
         ends the chain (the child still names it). Raises RunNotFound."""
         rid = _validate.ident(run_id, "run_id")
 
-        def op(txn: lmdb.Transaction) -> list[RunInfo]:
+        def op(txn: Txn) -> list[RunInfo]:
             hdr = self._require(txn, rid)
             chain = [self._info(run_id, hdr)]
             while hdr.parent_run_id is not None:
@@ -750,7 +767,7 @@ class Store:
         rid = _validate.ident(run_id, "run_id")
         idx = None if index is None else _validate.index(index)
 
-        def op(txn: lmdb.Transaction) -> list[str]:
+        def op(txn: Txn) -> list[str]:
             hdr = self._require(txn, rid)
             at = idx + hdr.length if idx is not None and idx < 0 else idx
             if at is not None and not 0 <= at < hdr.length:
@@ -758,4 +775,3 @@ class Store:
             return self._children_at(txn, hdr.run_no, at)
 
         return self._read(op)
-

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import abc
 import dataclasses
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypedDict
@@ -478,7 +478,7 @@ class StoreContract(abc.ABC):
         ids=["empty", "int", "none", "bytes", "nul", "too-long", "surrogate"],
     )
     def test_bad_run_ids_are_rejected(self, store: Any, bad_id: Any) -> None:
-        for call in (
+        calls: tuple[Callable[[], object], ...] = (
             lambda: store.append(bad_id, 1),
             lambda: store.load(bad_id),
             lambda: store.run(bad_id),
@@ -487,7 +487,8 @@ class StoreContract(abc.ABC):
             lambda: store.delete_latest(bad_id),
             lambda: store.lineage(bad_id),
             lambda: store.fork(bad_id, 0, "x"),
-        ):
+        )
+        for call in calls:
             with pytest.raises(InvalidArgument):
                 call()
         assert store.runs() == []
@@ -550,7 +551,7 @@ class StoreContract(abc.ABC):
         store.append("r", 1)
         store.close()
         store.close()
-        for call in (
+        calls: tuple[Callable[[], object], ...] = (
             lambda: store.append("r", 2),
             lambda: store.load("r"),
             lambda: store.latest("wf"),
@@ -561,6 +562,7 @@ class StoreContract(abc.ABC):
             lambda: store.lineage("r"),
             lambda: store.delete_latest("r"),
             lambda: store.purge("r"),
-        ):
+        )
+        for call in calls:
             with pytest.raises(StoreClosed):
                 call()

@@ -1,0 +1,233 @@
+"""On-disk behaviour of the LMDB store: permissions, corruption, format, map growth."""
+
+from __future__ import annotations
+
+import os
+import stat
+from collections.abc import Iterator
+from pathlib import Path
+
+import lmdb
+import msgspec
+import pytest
+
+import steplog
+from steplog import _keys, _record
+from steplog.errors import (
+    CorruptRecord,
+    NotAStore,
+    RecordTooLarge,
+    StorageError,
+    StoreClosed,
+    UnsupportedFormat,
+)
+
+
+@pytest.fixture
+def path(tmp_path: Path) -> Path:
+    return tmp_path / "store"
+
+
+def _rewrite_record(path: Path, run_no: int, index: int, mutate) -> None:  # type: ignore[no-untyped-def]
+    """Change a stored record through LMDB (not the raw file), as a bad disk or bug would."""
+    env = lmdb.open(str(path), max_dbs=16)
+    try:
+        log = env.open_db(b"log", create=False)
+        with env.begin(write=True, db=log) as txn:
+            key = _keys.log_key(run_no, index)
+            raw = txn.get(key)
+            assert raw is not None
+            txn.put(key, mutate(bytearray(raw)))
+    finally:
+        env.close()
+
+
+def test_files_are_private_whatever_the_umask(path: Path) -> None:
+    old = os.umask(0)
+    try:
+        with steplog.open(path) as store:
+            store.append("r", 1)
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o700
+    for name in ("data.mdb", "lock.mdb"):
+        assert stat.S_IMODE((path / name).stat().st_mode) == 0o600
+
+
+@pytest.mark.parametrize(
+    "mutate",
+    [
+        lambda b: b[:-1] + bytes([b[-1] ^ 0x01]),
+        lambda b: b[: len(b) // 2],
+        lambda b: b[:10],
+        lambda b: bytes(len(b)),
+        lambda b: b[:30] + bytes([b[30] ^ 0x80]) + b[31:],
+        lambda b: b[:2] + bytes([b[2] ^ 0x04]) + b[3:],
+    ],
+    ids=["flip-last", "truncate-half", "truncate-header", "zeroed", "flip-body", "flip-status"],
+)
+def test_damaged_record_raises_corrupt_record(path: Path, mutate) -> None:  # type: ignore[no-untyped-def]
+    with steplog.open(path) as store:
+        for i in range(3):
+            store.append("r", {"i": i, "text": "lorem ipsum " * 20}, node="n")
+    _rewrite_record(path, 1, 1, mutate)
+    with steplog.open(path) as store:
+        with pytest.raises(CorruptRecord) as info:
+            store.load("r", 1)
+        assert info.value.run_id == "r" and info.value.index == 1
+        assert "'r'" in str(info.value)
+        assert store.load("r", 0).state["i"] == 0
+        assert store.load("r", 2).state["i"] == 2
+        with pytest.raises(CorruptRecord):
+            list(store.history("r"))
+
+
+def test_compression_bomb_is_bounded(path: Path) -> None:
+    """A record claiming a payload beyond max_record_size is refused before decoding."""
+    with steplog.open(path) as store:
+        store.append("r", "x")
+    bomb = _record.pack(b"\x00" * (8 << 20), seq=1, created_ns=0, status=steplog.Status.RUNNING)
+    _rewrite_record(path, 1, 0, lambda _b: bomb)
+    with steplog.open(path, max_record_size=1 << 20) as store:
+        with pytest.raises(CorruptRecord, match="max_record_size"):
+            store.load("r")
+
+
+def test_oversize_state_is_refused(path: Path) -> None:
+    with steplog.open(path, max_record_size=1024) as store:
+        with pytest.raises(RecordTooLarge):
+            store.append("r", "x" * 2048)
+        assert store.run("r") is None
+        store.append("r", "small")
+
+
+def test_map_grows_under_a_burst(path: Path) -> None:
+    with steplog.open(path, map_size=32 << 10) as store:
+        blob = os.urandom(20_000).hex()
+        for i in range(200):
+            store.append(f"r{i % 7}", {"i": i, "blob": blob})
+        assert sum(r.length for r in store.runs()) == 200
+    with steplog.open(path, map_size=32 << 10) as store:
+        assert store.load("r3", -1).state["blob"] == blob
+
+
+def test_map_limit_gives_a_clear_error_and_loses_nothing(path: Path) -> None:
+    with steplog.open(path, map_size=256 << 10, max_map_size=1 << 20) as store:
+        written = 0
+        with pytest.raises(StorageError, match="max_map_size"):
+            for _i in range(1000):
+                store.append("r", os.urandom(50_000))
+                written += 1
+        assert store.run("r").length == written
+        assert store.purge("r") == written
+        store.append("r", "room again")
+        assert store.load("r").state == "room again"
+
+
+def test_directory_that_is_not_a_store_is_left_alone(tmp_path: Path) -> None:
+    (tmp_path / "notes.txt").write_text("hello")
+    with pytest.raises(NotAStore):
+        steplog.open(tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]
+    afile = tmp_path / "notes.txt"
+    with pytest.raises(NotAStore):
+        steplog.open(afile)
+
+
+def test_foreign_lmdb_environment_is_not_a_store(tmp_path: Path) -> None:
+    env = lmdb.open(str(tmp_path / "other"))
+    with env.begin(write=True) as txn:
+        txn.put(b"k", b"v")
+    env.close()
+    before = (tmp_path / "other" / "data.mdb").read_bytes()
+    with pytest.raises(NotAStore):
+        steplog.open(tmp_path / "other")
+    assert (tmp_path / "other" / "data.mdb").read_bytes() == before
+
+
+def test_newer_format_is_refused_unchanged(path: Path) -> None:
+    steplog.open(path).close()
+    env = lmdb.open(str(path), max_dbs=16)
+    meta = env.open_db(b"meta", create=False)
+    with env.begin(write=True, db=meta) as txn:
+        txn.put(_keys.META_FORMAT, msgspec.msgpack.encode({"magic": "steplog", "version": 99}))
+    env.close()
+    before = (path / "data.mdb").read_bytes()
+    with pytest.raises(UnsupportedFormat, match="99"):
+        steplog.open(path)
+    assert (path / "data.mdb").read_bytes() == before
+
+
+def test_handle_used_after_fork_raises(path: Path) -> None:
+    store = steplog.open(path)
+    store.append("r", 1)
+    pid = os.fork()
+    if pid == 0:  # child: every call must refuse, never touch LMDB
+        code = 1
+        try:
+            store.append("r", 2)
+        except StoreClosed:
+            code = 0
+        except BaseException:
+            code = 2
+        os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert store.run("r").length == 1
+    store.close()
+
+
+def test_open_validates_options(path: Path) -> None:
+    with pytest.raises(steplog.InvalidArgument):
+        steplog.open(path, map_size=0)
+    with pytest.raises(steplog.InvalidArgument):
+        steplog.open(path, max_record_size=-1)
+    with pytest.raises(steplog.InvalidArgument):
+        steplog.open(path, map_size=1 << 20, max_map_size=1 << 10)
+
+
+def test_threads_append_concurrently(path: Path) -> None:
+    import threading
+
+    with steplog.open(path) as store:
+        errors: list[BaseException] = []
+
+        def work(n: int) -> None:
+            try:
+                for i in range(50):
+                    store.append(f"t{n % 3}", {"n": n, "i": i})
+                    store.load(f"t{n % 3}")
+            except BaseException as exc:  # pragma: no cover - reported below
+                errors.append(exc)
+
+        threads = [threading.Thread(target=work, args=(n,)) for n in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert not errors
+        assert sorted(r.length for r in store.runs()) == [100, 150, 150]
+        for r in store.runs():
+            assert [c.index for c in store.history(r.run_id)] == list(range(r.length))
+
+
+@pytest.fixture
+def demo_dir(tmp_path: Path) -> Iterator[Path]:
+    yield tmp_path / "demo"
+
+
+def test_demo_runs_and_is_repeatable(demo_dir: Path) -> None:
+    import subprocess
+    import sys
+
+    for _ in range(2):
+        out = subprocess.run(
+            [sys.executable, "-m", "steplog", "demo", "--path", str(demo_dir)],
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout
+        assert "killed by signal 9" in out
+        assert "5 checkpoints, status completed" in out
+        assert "forked from 'support-ticket-42' at #1" in out
+        assert "On disk" in out
