@@ -77,16 +77,20 @@ def test_damaged_record_raises_corrupt_record(path: Path, mutate) -> None:  # ty
         assert info.value.run_id == "r" and info.value.index == 1
         assert "'r'" in str(info.value)
         assert store.load("r", 0).state["i"] == 0
-        assert store.load("r", 2).state["i"] == 2
+        # Record 2 is a delta on record 1: it cannot be decoded without it, and says so.
+        with pytest.raises(CorruptRecord, match="delta base #1") as info:
+            store.load("r", 2)
+        assert info.value.index == 2
         with pytest.raises(CorruptRecord):
             list(store.history("r"))
+        assert [c.index for c in store.history("r", stop=1)] == [0]
 
 
 def test_compression_bomb_is_bounded(path: Path) -> None:
     """A record claiming a payload beyond max_record_size is refused before decoding."""
     with steplog.open(path) as store:
         store.append("r", "x")
-    bomb = _record.pack(b"\x00" * (8 << 20), seq=1, created_ns=0, status=steplog.Status.RUNNING)
+    bomb, _ = _record.pack(b"\x00" * (8 << 20), seq=1, created_ns=0, status=steplog.Status.RUNNING)
     _rewrite_record(path, 1, 0, lambda _b: bomb)
     with steplog.open(path, max_record_size=1 << 20) as store:
         with pytest.raises(CorruptRecord, match="max_record_size"):

@@ -101,8 +101,14 @@ def _private_files(path: Path) -> None:
             os.close(fd)
 
 
-def open_env(path: Path, map_size: int) -> tuple[lmdb.Environment, dict[str, Any]]:
-    """Open (creating if absent) the store at ``path``; return the env and its databases."""
+def open_env(
+    path: Path, map_size: int, *, metasync: bool = True
+) -> tuple[lmdb.Environment, dict[str, Any]]:
+    """Open (creating if absent) the store at ``path``; return the env and its databases.
+
+    Commits always flush data (sync); ``metasync=False`` defers the metadata flush
+    (LMDB's NOMETASYNC: an OS crash may undo the last commit, never corrupts).
+    """
     _private_dir(path)
     existing = (path / "data.mdb").exists()
     if not existing:
@@ -123,6 +129,9 @@ def open_env(path: Path, map_size: int) -> tuple[lmdb.Environment, dict[str, Any
             max_dbs=len(DB_NAMES),
             max_readers=MAX_READERS,
             readahead=False,
+            sync=True,
+            metasync=metasync,
+            writemap=False,
         )
     except lmdb.Error as exc:
         raise StorageError(f"cannot open store at {str(path)!r}: {exc}") from exc

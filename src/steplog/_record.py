@@ -3,9 +3,9 @@
 Layout (little-endian), see docs/ARCHITECTURE.md::
 
     0  u8   format version (RECORD_VERSION)
-    1  u8   codec: 0 raw, 1 zstd frame
+    1  u8   codec: 0 raw, 1 zstd frame, 2 zstd delta frame
     2  u8   status code of the checkpoint
-    3  u8   flags (reserved, 0)
+    3  u8   delta depth: 0 for a keyframe, else distance to the run's previous keyframe
     4  u32  CRC-32 of bytes [0:4] + [8:]: any flipped stored byte is detected
     8  u64  recency seq of the checkpoint (global commit order)
     16 i64  created_at, ns since the Unix epoch, UTC
@@ -13,7 +13,9 @@ Layout (little-endian), see docs/ARCHITECTURE.md::
     28 ...  body
 
 The payload is MessagePack ``[node, metadata, state]``. zstd frames also carry
-zstd's own checksum of the decoded content.
+zstd's own checksum of the decoded content. A delta frame is compressed with the
+previous record's decoded payload of the same run as a raw-content dictionary, so a
+growing state costs bytes proportional to what changed.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from steplog.model import Status
 RECORD_VERSION = 1
 CODEC_RAW = 0
 CODEC_ZSTD = 1
+CODEC_DELTA = 2
 
 HEADER = struct.Struct("<BBBBIQqI")
 HEADER_SIZE = HEADER.size
@@ -40,6 +43,16 @@ HEADER_SIZE = HEADER.size
 #: zstd level 3 is zstd's default: near level 9's ratio on JSON-like state at a
 #: fraction of the CPU (measured in benchmarks/bench_codec.py).
 ZSTD_LEVEL = 3
+#: Keyframe at least every KEYFRAME_INTERVAL records: loading any index decodes at most
+#: this many records. 32 keeps a mid-history load under ~0.5 ms for 50 KiB states while
+#: the keyframe's amortised cost stays a small share of a delta (benchmarks/bench_codec.py).
+KEYFRAME_INTERVAL = 32
+#: zstd level for deltas: level 1 finds nearly every match against the previous payload
+#: (the dictionary) at about half level 3's CPU (benchmarks/bench_codec.py).
+DELTA_LEVEL = 1
+#: A delta bigger than this share of the raw payload is compared with a keyframe, and
+#: the smaller one is stored.
+DELTA_RECHECK_RATIO = 4
 #: Payloads smaller than this are stored raw: a zstd frame's fixed overhead
 #: (~13 bytes with checksum) outweighs what it saves.
 MIN_COMPRESS_BYTES = 64
@@ -98,24 +111,61 @@ def to_builtins(run_id: str, value: Any) -> Any:
         raise InvalidArgument(f"run {run_id!r}: value cannot be encoded: {exc}") from None
 
 
-def pack(payload: bytes, *, seq: int, created_ns: int, status: Status) -> bytes:
-    """Build a stored record around an encoded payload."""
-    codec, body = CODEC_RAW, payload
+def _full(payload: bytes) -> tuple[int, bytes]:
     if len(payload) >= MIN_COMPRESS_BYTES:
         compressed = _cctx().compress(payload)
         if len(compressed) < len(payload):
-            codec, body = CODEC_ZSTD, compressed
+            return CODEC_ZSTD, compressed
+    return CODEC_RAW, payload
+
+
+def _delta(payload: bytes, base: bytes) -> bytes:
+    dictionary = zstandard.ZstdCompressionDict(base, dict_type=zstandard.DICT_TYPE_RAWCONTENT)
+    cctx = zstandard.ZstdCompressor(
+        level=DELTA_LEVEL,
+        dict_data=dictionary,
+        write_checksum=True,
+        write_content_size=True,
+        write_dict_id=False,
+    )
+    return cctx.compress(payload)
+
+
+def pack(
+    payload: bytes,
+    *,
+    seq: int,
+    created_ns: int,
+    status: Status,
+    base: bytes | None = None,
+    depth: int = 0,
+) -> tuple[bytes, int]:
+    """Build a stored record around an encoded payload; return it and its delta depth.
+
+    With ``base`` (the previous record's payload, at ``depth - 1``) and ``depth`` under
+    KEYFRAME_INTERVAL, the record is a delta unless a keyframe would be smaller.
+    """
+    if base is None or depth <= 0 or depth >= KEYFRAME_INTERVAL or not base:
+        codec, body = _full(payload)
+        depth = 0
+    else:
+        codec, body = CODEC_DELTA, _delta(payload, base)
+        if len(body) * DELTA_RECHECK_RATIO > len(payload):
+            full_codec, full_body = _full(payload)
+            if len(full_body) <= len(body):
+                codec, body, depth = full_codec, full_body, 0
     head = HEADER.pack(
-        RECORD_VERSION, codec, STATUS_CODES[status], 0, 0, seq, created_ns, len(payload)
+        RECORD_VERSION, codec, STATUS_CODES[status], depth, 0, seq, created_ns, len(payload)
     )
     crc = zlib.crc32(body, zlib.crc32(head[8:], zlib.crc32(head[:4])))
-    return head[:4] + struct.pack("<I", crc) + head[8:] + body
+    return head[:4] + struct.pack("<I", crc) + head[8:] + body, depth
 
 
 @dataclass(frozen=True, slots=True)
 class Header:
     codec: int
     status: Status
+    depth: int
     seq: int
     created_ns: int
     raw_len: int
@@ -127,23 +177,30 @@ def read_header(run_id: str, index: int, record: bytes) -> Header:
         raise CorruptRecord(
             run_id, index, f"record is {len(record)} bytes, shorter than its header"
         )
-    version, codec, status_code, _flags, crc, seq, created_ns, raw_len = HEADER.unpack_from(record)
+    version, codec, status_code, depth, crc, seq, created_ns, raw_len = HEADER.unpack_from(record)
     view = memoryview(record)
     actual = zlib.crc32(view[8:], zlib.crc32(view[:4]))
     if actual != crc:
         raise CorruptRecord(run_id, index, "checksum mismatch")
     if version != RECORD_VERSION:
         raise CorruptRecord(run_id, index, f"unknown record version {version}")
-    if codec not in (CODEC_RAW, CODEC_ZSTD):
+    if codec not in (CODEC_RAW, CODEC_ZSTD, CODEC_DELTA):
         raise CorruptRecord(run_id, index, f"unknown codec {codec}")
+    if (codec == CODEC_DELTA) != (depth > 0) or depth > index:
+        raise CorruptRecord(run_id, index, f"codec {codec} with delta depth {depth}")
     status = CODE_STATUS.get(status_code)
     if status is None:
         raise CorruptRecord(run_id, index, f"unknown status code {status_code}")
-    return Header(codec, status, seq, created_ns, raw_len)
+    return Header(codec, status, depth, seq, created_ns, raw_len)
 
 
-def unpack_payload(run_id: str, index: int, record: bytes, header: Header, limit: int) -> bytes:
-    """Return the decoded payload bytes of a verified record, never more than ``limit``."""
+def unpack_payload(
+    run_id: str, index: int, record: bytes, header: Header, limit: int, base: bytes | None = None
+) -> bytes:
+    """Return the decoded payload bytes of a verified record, never more than ``limit``.
+
+    A delta record needs ``base``: the decoded payload of the run's previous record.
+    """
     if header.raw_len > limit:
         raise CorruptRecord(
             run_id, index, f"payload of {header.raw_len} bytes exceeds max_record_size {limit}"
@@ -156,7 +213,16 @@ def unpack_payload(run_id: str, index: int, record: bytes, header: Header, limit
     try:
         if zstandard.frame_content_size(body) != header.raw_len:
             raise CorruptRecord(run_id, index, "compressed frame size does not match header")
-        payload = _dctx().decompress(body, max_output_size=header.raw_len)
+        if header.codec == CODEC_DELTA:
+            if base is None:
+                raise CorruptRecord(run_id, index, "delta record without its base")
+            dictionary = zstandard.ZstdCompressionDict(
+                base, dict_type=zstandard.DICT_TYPE_RAWCONTENT
+            )
+            dctx = zstandard.ZstdDecompressor(dict_data=dictionary)
+        else:
+            dctx = _dctx()
+        payload = dctx.decompress(body, max_output_size=header.raw_len)
     except zstandard.ZstdError as exc:
         raise CorruptRecord(run_id, index, f"decompression failed: {exc}") from None
     if len(payload) != header.raw_len:

@@ -49,8 +49,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         elif args.command == "history":
             with steplog.open(args.path) as store:
                 for cp in store.history(args.run_id):
-                    row = (cp.index, cp.node or "-", cp.status.value, cp.created_at.isoformat())
-                    print("\t".join(map(str, row)))
+                    fields = (cp.index, cp.node or "-", cp.status.value, cp.created_at.isoformat())
+                    print("\t".join(map(str, fields)))
     except steplog.StepLogError as exc:
         print(f"steplog: {exc}", file=sys.stderr)
         return 1

@@ -7,11 +7,12 @@ written nothing.
 
 from __future__ import annotations
 
+import enum
 import os
-import threading
 import time
 import weakref
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import asdict, is_dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -20,8 +21,10 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import lmdb
 import msgspec
 
-from steplog import _env, _keys, _record, _validate
+from steplog import _cache, _env, _keys, _record, _validate, _writer
+from steplog._cache import Latest
 from steplog._keys import U64
+from steplog._writer import Batch
 from steplog.errors import (
     CheckpointNotFound,
     CorruptRecord,
@@ -42,7 +45,7 @@ if TYPE_CHECKING:
 
     Txn: TypeAlias = lmdb.Transaction[bytes]
 
-__all__ = ["DEFAULT_MAX_RECORD_SIZE", "Store", "open"]
+__all__ = ["DEFAULT_MAX_RECORD_SIZE", "AppendBatch", "Durability", "Store", "open"]
 
 #: Largest decoded payload a record may hold. Bounds memory on decode: a corrupt or
 #: hostile record can never make steplog allocate more than this.
@@ -93,22 +96,47 @@ def _status_of(code: int) -> Status | None:
     return None if code == _NO_STATUS else _record.CODE_STATUS[code]
 
 
+class Durability(enum.Enum):
+    """What an acknowledged append survives. See docs/DURABILITY.md.
+
+    Both modes survive a crash of the process (kill -9) with every acknowledged append,
+    and neither can corrupt the store. LMDB modes that can corrupt on an OS crash
+    (no sync at all, or write-mapped async flushing) are not offered.
+    """
+
+    #: Every acknowledged append survives power loss and OS crashes: each group commit
+    #: flushes data and metadata to stable storage before any caller returns.
+    FULL = "full"
+    #: One flush per group commit instead of two (LMDB's NOMETASYNC): an OS crash or
+    #: power loss may undo the last acknowledged commit, never corrupts the store.
+    FAST = "fast"
+
+
 def open(
     path: str | os.PathLike[str],
     *,
+    durability: Durability | str = Durability.FULL,
     map_size: int = _env.DEFAULT_MAP_SIZE,
     max_map_size: int | None = None,
     max_record_size: int = DEFAULT_MAX_RECORD_SIZE,
+    cache_size: int = _cache.DEFAULT_CACHE_BYTES,
 ) -> Store:
     """Open the store in directory ``path``, creating it (mode 0700/0600) if absent.
 
+    ``durability`` says what an acknowledged append survives (:class:`Durability`).
     ``map_size`` is the initial LMDB map; it grows automatically up to
     ``max_map_size`` (None: no limit). ``max_record_size`` bounds one checkpoint's
-    encoded payload. Raises NotAStore / UnsupportedFormat for a directory that is not
-    a steplog store or is from a newer format, leaving it untouched.
+    encoded payload. ``cache_size`` bounds the bytes of hot runs' latest payloads kept
+    decoded. Raises NotAStore / UnsupportedFormat for a directory that is not a
+    steplog store or is from a newer format, leaving it untouched.
     """
     return Store(
-        path, map_size=map_size, max_map_size=max_map_size, max_record_size=max_record_size
+        path,
+        durability=durability,
+        map_size=map_size,
+        max_map_size=max_map_size,
+        max_record_size=max_record_size,
+        cache_size=cache_size,
     )
 
 
@@ -119,10 +147,22 @@ class Store:
         self,
         path: str | os.PathLike[str],
         *,
+        durability: Durability | str = Durability.FULL,
         map_size: int = _env.DEFAULT_MAP_SIZE,
         max_map_size: int | None = None,
         max_record_size: int = DEFAULT_MAX_RECORD_SIZE,
+        cache_size: int = _cache.DEFAULT_CACHE_BYTES,
     ) -> None:
+        try:
+            self.durability = Durability(durability)
+        except ValueError:
+            allowed = ", ".join(repr(d.value) for d in Durability)
+            raise InvalidArgument(
+                f"durability must be one of {allowed}, not {durability!r} (modes that can "
+                "corrupt the store on an OS crash are not offered)"
+            ) from None
+        if _validate.index(cache_size, "cache_size") < 0:
+            raise InvalidArgument(f"cache_size must be >= 0, got {cache_size}")
         for name, value in (("map_size", map_size), ("max_record_size", max_record_size)):
             if _validate.index(value, name) <= 0:
                 raise InvalidArgument(f"{name} must be > 0, got {value}")
@@ -134,9 +174,9 @@ class Store:
         self.max_record_size = max_record_size
         self._max_map_size = max_map_size
         self._gate = _env.Gate()
-        self._write_lock = threading.Lock()
+        self._cache = _cache.LatestCache(cache_size)
         self._forked = False
-        env, dbs = _env.open_env(self.path, map_size)
+        env, dbs = _env.open_env(self.path, map_size, metasync=self.durability is Durability.FULL)
         self._env: lmdb.Environment | None = env
         self._meta = dbs["meta"]
         self._runs = dbs["runs"]
@@ -145,12 +185,18 @@ class Store:
         self._workflows = dbs["workflows"]
         self._recent = dbs["recent"]
         self._children = dbs["children"]
+        self._writer = _writer.Writer(
+            self._session, self._grow_map, self._adopt_map_size, f"steplog-writer:{path}"
+        )
         _open_stores.add(self)
 
     # ------------------------------------------------------------------ lifecycle
 
     def close(self) -> None:
-        """Close the store. Idempotent; later calls raise StoreClosed."""
+        """Commit queued writes, then close the store. Idempotent; later calls raise
+        StoreClosed."""
+        if not self._forked:
+            self._writer.close()
         with self._gate.exclusive():
             env, self._env = self._env, None
             if env is not None and not self._forked:
@@ -187,26 +233,15 @@ class Store:
             except lmdb.Error as exc:
                 raise StorageError(f"read from {str(self.path)!r} failed: {exc}") from exc
 
-    def _write(self, fn: Callable[[Txn], T]) -> T:
-        with self._write_lock:
-            while True:
-                try:
-                    with self._gate.shared():
-                        env = self._live_env()
-                        txn = env.begin(write=True)
-                        try:
-                            result = fn(txn)
-                        except BaseException:
-                            txn.abort()
-                            raise
-                        txn.commit()
-                        return result
-                except lmdb.MapFullError:
-                    self._grow_map()
-                except lmdb.MapResizedError:
-                    self._adopt_map_size()
-                except lmdb.Error as exc:
-                    raise StorageError(f"write to {str(self.path)!r} failed: {exc}") from exc
+    @contextmanager
+    def _session(self) -> Iterator[lmdb.Environment]:
+        """The live environment, held safe from a map resize while in use."""
+        with self._gate.shared():
+            yield self._live_env()
+
+    def _write(self, op: Callable[[Txn, Batch], T]) -> T:
+        self._live_env()
+        return self._writer.submit(op)
 
     def _grow_map(self) -> None:
         with self._gate.exclusive():
@@ -249,11 +284,75 @@ class Store:
             raise CorruptRecord(run_id, index, "record missing from a run's dense range")
         return raw
 
-    def _checkpoint(
-        self, run_id: str, index: int, hdr: _RunHeader, raw: bytes, type_: Any = None
-    ) -> Checkpoint:
+    def _payload(
+        self, txn: Txn, hdr: _RunHeader, run_id: str, index: int, raw: bytes | None = None
+    ) -> tuple[_record.Header, bytes]:
+        """Verify and decode record ``index``'s payload, walking its delta chain (at most
+        KEYFRAME_INTERVAL records back, less when the run's cached latest payload helps)."""
+        if raw is None:
+            raw = self._raw_record(txn, hdr, run_id, index)
         head = _record.read_header(run_id, index, raw)
-        payload = _record.unpack_payload(run_id, index, raw, head, self.max_record_size)
+        limit = self.max_record_size
+        if head.depth == 0:
+            return head, _record.unpack_payload(run_id, index, raw, head, limit)
+        hit = self._cache.get(hdr.run_no)
+        if hit is not None and hit.index == index and hit.seq == head.seq:
+            return head, hit.payload
+        start, base = index - head.depth, None
+        if hit is not None and start <= hit.index < index:
+            hit_raw = self._raw_record(txn, hdr, run_id, hit.index)
+            if _record.read_header(run_id, hit.index, hit_raw).seq == hit.seq:
+                start, base = hit.index + 1, hit.payload
+        for at in range(start, index + 1):
+            try:
+                rec = raw if at == index else self._raw_record(txn, hdr, run_id, at)
+                rec_head = head if at == index else _record.read_header(run_id, at, rec)
+                base = _record.unpack_payload(run_id, at, rec, rec_head, limit, base)
+            except CorruptRecord as exc:
+                if at == index:
+                    raise
+                raise CorruptRecord(
+                    run_id, index, f"its delta base #{at} is corrupt: {exc.detail}"
+                ) from None
+        assert base is not None
+        return head, base
+
+    def _latest(self, txn: Txn, hdr: _RunHeader, run_id: str, batch: Batch | None) -> Latest:
+        """The run's latest decoded payload (the base of its next delta record)."""
+        if batch is not None:
+            mine = batch.scratch.get(hdr.run_no)
+            if mine is not None and mine.seq == hdr.seq:
+                return mine  # type: ignore[no-any-return]
+        hit = self._cache.get(hdr.run_no)
+        if hit is not None and hit.seq == hdr.seq and hit.index == hdr.length - 1:
+            return hit
+        index = hdr.length - 1
+        head, payload = self._payload(txn, hdr, run_id, index)
+        return Latest(index, head.seq, head.depth, payload)
+
+    def _checkpoint(
+        self,
+        txn: Txn,
+        run_id: str,
+        hdr: _RunHeader,
+        index: int,
+        type_: Any = None,
+        raw: bytes | None = None,
+    ) -> Checkpoint:
+        head, payload = self._payload(txn, hdr, run_id, index, raw)
+        if index == hdr.length - 1 and head.depth and head.seq == hdr.seq:
+            self._cache.put(hdr.run_no, Latest(index, head.seq, head.depth, payload))
+        return self._assemble(run_id, index, hdr, head, payload, type_)
+
+    @staticmethod
+    def _assemble(
+        run_id: str,
+        index: int,
+        hdr: _RunHeader,
+        head: _record.Header,
+        payload: bytes,
+        type_: Any,
+    ) -> Checkpoint:
         node, metadata, state = _record.decode_payload(run_id, index, payload, type_)
         return Checkpoint(
             run_id=run_id,
@@ -307,12 +406,24 @@ class Store:
         node: bytes | None,
         payload: bytes,
         status: Status,
+        batch: Batch,
+        run_id: str,
     ) -> _RunHeader:
-        """Write the run's next record and every index entry; return the new header."""
+        """Write the run's next record (a delta against its latest when it pays) and
+        every index entry; return the new header. Call last in an op: it records the
+        payload for later ops of the batch and for the cache after commit."""
         index = hdr.length
         seq = self._counter(txn, _keys.META_SEQ)
         created_ns = max(time.time_ns(), hdr.updated_ns)
-        record = _record.pack(payload, seq=seq, created_ns=created_ns, status=status)
+        base = self._latest(txn, hdr, run_id, batch) if index else None
+        record, depth = _record.pack(
+            payload,
+            seq=seq,
+            created_ns=created_ns,
+            status=status,
+            base=base.payload if base else None,
+            depth=base.depth + 1 if base else 0,
+        )
         txn.put(_keys.log_key(hdr.run_no, index), record, db=self._log)
         if node is not None:
             txn.put(_keys.node_key(hdr.run_no, node, index), b"", db=self._nodes)
@@ -324,6 +435,9 @@ class Store:
             seq=seq,
         )
         self._set_recency(txn, rid, old, new)
+        latest = Latest(index, seq, depth, payload)
+        batch.scratch[hdr.run_no] = latest
+        batch.after_commit.append(lambda: self._cache.put(hdr.run_no, latest))
         return new
 
     def _last_with_prefix(self, txn: Txn, db: Any, prefix: bytes) -> tuple[bytes, bytes] | None:
@@ -360,6 +474,69 @@ class Store:
         ``expected_index``, the append happens only if it would get that index, else
         IndexConflict (carrying the actual next index) and nothing is written.
         """
+        req = self._prepare(run_id, state, workflow_id, node, status, metadata, expected_index)
+        return self._write(req.apply)
+
+    def append_many(
+        self,
+        run_id: str,
+        states: Iterable[Any],
+        *,
+        workflow_id: str | None = None,
+        node: str | None = None,
+        status: Status | str = Status.RUNNING,
+        metadata: Mapping[str, Any] | None = None,
+        expected_index: int | None = None,
+    ) -> list[Checkpoint]:
+        """Append several checkpoints to one run atomically, in one commit.
+
+        Same rules as :meth:`append` for each state; ``expected_index`` applies to the
+        first. Either every checkpoint is appended (and durable on return) or, if
+        any is refused, none is.
+        """
+        reqs = [
+            self._prepare(
+                run_id,
+                state,
+                workflow_id,
+                node,
+                status,
+                metadata,
+                expected_index if i == 0 else None,
+            )
+            for i, state in enumerate(states)
+        ]
+        return self._write(lambda txn, batch: [r.apply(txn, batch) for r in reqs])
+
+    @contextmanager
+    def batch(self) -> Iterator[AppendBatch]:
+        """Collect appends (to any runs) and commit them atomically on exit.
+
+        ``with store.batch() as b: b.append(...)``: each ``b.append`` validates and
+        encodes at once (bad input raises there); on a clean exit all are appended in
+        one transaction, durable when the block returns, and ``b.checkpoints`` holds
+        the results. If the block raises, or any append is refused at commit
+        (IndexConflict, WorkflowMismatch), nothing of the batch is written.
+        """
+        collector = AppendBatch(self)
+        yield collector
+        reqs = collector._requests
+        if reqs:
+            collector.checkpoints = self._write(
+                lambda txn, batch: [r.apply(txn, batch) for r in reqs]
+            )
+
+    def _prepare(
+        self,
+        run_id: str,
+        state: Any,
+        workflow_id: str | None,
+        node: str | None,
+        status: Status | str,
+        metadata: Mapping[str, Any] | None,
+        expected_index: int | None,
+    ) -> _AppendRequest:
+        """Validate and encode an append outside any transaction."""
         rid = _validate.ident(run_id, "run_id")
         wf = _validate.optional_ident(workflow_id, "workflow_id")
         node_key = _validate.optional_ident(node, "node")
@@ -368,41 +545,54 @@ class Store:
         expected = _validate.optional_nonnegative(expected_index, "expected_index")
         payload = self._encode(run_id, node, meta, state)
         self._live_env()
+        return _AppendRequest(
+            self,
+            run_id,
+            rid,
+            workflow_id if wf is not None else None,
+            node,
+            node_key,
+            status_,
+            meta,
+            expected,
+            payload,
+            state,
+        )
 
-        def op(txn: Txn) -> Checkpoint:
-            old = self._header(txn, rid)
-            if old is None:
-                now = time.time_ns()
-                hdr = _RunHeader(
-                    run_no=self._counter(txn, _keys.META_NEXT_RUN_NO),
-                    workflow_id=workflow_id,
-                    created_ns=now,
-                    updated_ns=now,
-                    length=0,
-                    status=_NO_STATUS,
-                    seq=0,
-                )
-            else:
-                hdr = old
-                if wf is not None and workflow_id != hdr.workflow_id:
-                    raise WorkflowMismatch(run_id, hdr.workflow_id, workflow_id or "")
-            if expected is not None and expected != hdr.length:
-                raise IndexConflict(run_id, expected, hdr.length)
-            new = self._put_checkpoint(txn, rid, old, hdr, node_key, payload, status_)
-            return Checkpoint(
-                run_id=run_id,
-                index=hdr.length,
-                workflow_id=new.workflow_id,
-                created_at=_to_datetime(new.updated_ns),
-                status=status_,
-                node=node,
-                state=state,
-                metadata=meta,
-                parent_run_id=new.parent_run_id,
-                parent_index=new.parent_index,
+    def _apply_append(self, req: _AppendRequest, txn: Txn, batch: Batch) -> Checkpoint:
+        old = self._header(txn, req.rid)
+        if old is None:
+            now = time.time_ns()
+            hdr = _RunHeader(
+                run_no=self._counter(txn, _keys.META_NEXT_RUN_NO),
+                workflow_id=req.workflow_id,
+                created_ns=now,
+                updated_ns=now,
+                length=0,
+                status=_NO_STATUS,
+                seq=0,
             )
-
-        return self._write(op)
+        else:
+            hdr = old
+            if req.workflow_id is not None and req.workflow_id != hdr.workflow_id:
+                raise WorkflowMismatch(req.run_id, hdr.workflow_id, req.workflow_id)
+        if req.expected is not None and req.expected != hdr.length:
+            raise IndexConflict(req.run_id, req.expected, hdr.length)
+        new = self._put_checkpoint(
+            txn, req.rid, old, hdr, req.node_key, req.payload, req.status, batch, req.run_id
+        )
+        return Checkpoint(
+            run_id=req.run_id,
+            index=hdr.length,
+            workflow_id=new.workflow_id,
+            created_at=_to_datetime(new.updated_ns),
+            status=req.status,
+            node=req.node,
+            state=req.state,
+            metadata=req.metadata,
+            parent_run_id=new.parent_run_id,
+            parent_index=new.parent_index,
+        )
 
     def fork(
         self,
@@ -430,16 +620,14 @@ class Store:
         patch = self._overrides(new_run_id, overrides)
         self._live_env()
 
-        def op(txn: Txn) -> Checkpoint:
+        def op(txn: Txn, batch: Batch) -> Checkpoint:
             parent = self._require(txn, src)
             at = idx + parent.length if idx < 0 else idx
             if not 0 <= at < parent.length:
                 raise CheckpointNotFound(source_run_id, idx, parent.length)
             if self._header(txn, dst) is not None:
                 raise RunExists(new_run_id)
-            origin = self._checkpoint(
-                source_run_id, at, parent, self._raw_record(txn, parent, source_run_id, at)
-            )
+            origin = self._checkpoint(txn, source_run_id, parent, at)
             state = origin.state
             if patch:
                 if not isinstance(state, dict):
@@ -463,9 +651,11 @@ class Store:
                 parent_run_no=parent.run_no,
             )
             node = origin.node.encode() if origin.node is not None else None
-            new = self._put_checkpoint(txn, dst, None, hdr, node, payload, origin.status)
-            txn.put(_keys.child_key(parent.run_no, at, new.run_no), dst, db=self._children)
-            return self._checkpoint(new_run_id, 0, new, self._raw_record(txn, new, new_run_id, 0))
+            txn.put(_keys.child_key(parent.run_no, at, hdr.run_no), dst, db=self._children)
+            new = self._put_checkpoint(
+                txn, dst, None, hdr, node, payload, origin.status, batch, new_run_id
+            )
+            return self._checkpoint(txn, new_run_id, new, 0)
 
         return self._write(op)
 
@@ -503,7 +693,7 @@ class Store:
         rid = _validate.ident(run_id, "run_id")
         self._live_env()
 
-        def op(txn: Txn) -> Checkpoint | None:
+        def op(txn: Txn, batch: Batch) -> Checkpoint | None:
             hdr = self._require(txn, rid)
             if hdr.length == 0:
                 return None
@@ -511,10 +701,7 @@ class Store:
             children = self._children_at(txn, hdr.run_no, index)
             if children:
                 raise ForkPointInUse(run_id, index, children)
-            gone = self._checkpoint(run_id, index, hdr, self._raw_record(txn, hdr, run_id, index))
-            txn.delete(_keys.log_key(hdr.run_no, index), db=self._log)
-            if gone.node is not None:
-                txn.delete(_keys.node_key(hdr.run_no, gone.node.encode(), index), db=self._nodes)
+            gone = self._checkpoint(txn, run_id, hdr, index)
             if index > 0:
                 prev = _record.read_header(
                     run_id, index - 1, self._raw_record(txn, hdr, run_id, index - 1)
@@ -523,10 +710,14 @@ class Store:
             else:
                 seq = self._counter(txn, _keys.META_SEQ)
                 updated, status = max(time.time_ns(), hdr.updated_ns), _NO_STATUS
+            txn.delete(_keys.log_key(hdr.run_no, index), db=self._log)
+            if gone.node is not None:
+                txn.delete(_keys.node_key(hdr.run_no, gone.node.encode(), index), db=self._nodes)
             new = msgspec.structs.replace(
                 hdr, length=index, seq=seq, updated_ns=updated, status=status
             )
             self._set_recency(txn, rid, hdr, new)
+            self._forget(batch, hdr.run_no)
             return gone
 
         return self._write(op)
@@ -550,7 +741,7 @@ class Store:
         rid = _validate.ident(run_id, "run_id")
         self._live_env()
 
-        def op(txn: Txn) -> int:
+        def op(txn: Txn, batch: Batch) -> int:
             hdr = self._require(txn, rid)
             for db, prefix in (
                 (self._log, _keys.log_prefix(hdr.run_no)),
@@ -567,9 +758,15 @@ class Store:
                     _keys.workflow_key(hdr.workflow_id.encode(), hdr.seq), db=self._workflows
                 )
             txn.delete(rid, db=self._runs)
+            self._forget(batch, hdr.run_no)
             return hdr.length
 
         return self._write(op)
+
+    def _forget(self, batch: Batch, run_no: int) -> None:
+        """Drop a run's latest payload from the batch and, after commit, the cache."""
+        batch.scratch.pop(run_no, None)
+        batch.after_commit.append(lambda: self._cache.discard(run_no))
 
     @staticmethod
     def _delete_prefix(txn: Txn, db: Any, prefix: bytes) -> None:
@@ -623,7 +820,7 @@ class Store:
                 at = idx + hdr.length if idx < 0 else idx
                 if not 0 <= at < hdr.length:
                     return None
-            return self._checkpoint(run_id, at, hdr, self._raw_record(txn, hdr, run_id, at), type)
+            return self._checkpoint(txn, run_id, hdr, at, type)
 
         return self._read(op)
 
@@ -642,7 +839,7 @@ class Store:
                 if hdr is not None and hdr.length > 0:
                     run_id = rid.decode()
                     at = hdr.length - 1
-                    return self._checkpoint(run_id, at, hdr, self._raw_record(txn, hdr, run_id, at))
+                    return self._checkpoint(txn, run_id, hdr, at)
                 ok = cur.prev()
             return None
 
@@ -720,23 +917,47 @@ class Store:
     def _stream(
         self, run_id: str, hdr: _RunHeader, first: int, last: int, type_: Any
     ) -> Iterator[Checkpoint]:
+        # ``prev`` carries the previous record's (index, seq, payload) across chunks, so
+        # each delta record decodes in one step. Records below a run's tail never
+        # change, but the tail may be deleted and re-appended between chunks: the
+        # carried seq is checked against the stored record before it is trusted.
+        prev: tuple[int, int, bytes] | None = None
         at = first
         while at < last:
             chunk_end = min(at + HISTORY_CHUNK, last)
 
-            def op(txn: Txn, lo: int = at, hi: int = chunk_end) -> list[Checkpoint]:
+            def op(
+                txn: Txn,
+                lo: int = at,
+                hi: int = chunk_end,
+                carried: tuple[int, int, bytes] | None = prev,
+            ) -> tuple[list[Checkpoint], tuple[int, int, bytes] | None]:
+                if carried is not None:
+                    raw_prev = txn.get(_keys.log_key(hdr.run_no, carried[0]), db=self._log)
+                    if raw_prev is None or (
+                        _record.read_header(run_id, carried[0], raw_prev).seq != carried[1]
+                    ):
+                        carried = None
                 cur = txn.cursor(db=self._log)
                 out: list[Checkpoint] = []
                 if not cur.set_key(_keys.log_key(hdr.run_no, lo)):
-                    return out
+                    return out, carried
+                limit = self.max_record_size
                 for key, raw in cur:
                     run_no, index = _keys.split_log_key(key)
                     if run_no != hdr.run_no or index >= hi:
                         break
-                    out.append(self._checkpoint(run_id, index, hdr, raw, type_))
-                return out
+                    head = _record.read_header(run_id, index, raw)
+                    if head.depth and (carried is None or carried[0] != index - 1):
+                        head, payload = self._payload(txn, hdr, run_id, index, raw)
+                    else:
+                        base = carried[2] if head.depth and carried is not None else None
+                        payload = _record.unpack_payload(run_id, index, raw, head, limit, base)
+                    carried = (index, head.seq, payload)
+                    out.append(self._assemble(run_id, index, hdr, head, payload, type_))
+                return out, carried
 
-            batch = self._read(op)
+            batch, prev = self._read(op)
             if not batch:
                 return
             yield from batch
@@ -775,3 +996,76 @@ class Store:
             return self._children_at(txn, hdr.run_no, at)
 
         return self._read(op)
+
+
+class _AppendRequest:
+    """A validated, encoded append waiting for its transaction."""
+
+    __slots__ = (
+        "expected",
+        "metadata",
+        "node",
+        "node_key",
+        "payload",
+        "rid",
+        "run_id",
+        "state",
+        "status",
+        "store",
+        "workflow_id",
+    )
+
+    def __init__(
+        self,
+        store: Store,
+        run_id: str,
+        rid: bytes,
+        workflow_id: str | None,
+        node: str | None,
+        node_key: bytes | None,
+        status: Status,
+        metadata: dict[str, Any],
+        expected: int | None,
+        payload: bytes,
+        state: Any,
+    ) -> None:
+        self.store = store
+        self.run_id = run_id
+        self.rid = rid
+        self.workflow_id = workflow_id
+        self.node = node
+        self.node_key = node_key
+        self.status = status
+        self.metadata = metadata
+        self.expected = expected
+        self.payload = payload
+        self.state = state
+
+    def apply(self, txn: Txn, batch: Batch) -> Checkpoint:
+        return self.store._apply_append(self, txn, batch)
+
+
+class AppendBatch:
+    """Appends collected by :meth:`Store.batch`, committed together on exit."""
+
+    def __init__(self, store: Store) -> None:
+        self._store = store
+        self._requests: list[_AppendRequest] = []
+        #: The appended checkpoints, in call order, once the batch has committed.
+        self.checkpoints: list[Checkpoint] = []
+
+    def append(
+        self,
+        run_id: str,
+        state: Any,
+        *,
+        workflow_id: str | None = None,
+        node: str | None = None,
+        status: Status | str = Status.RUNNING,
+        metadata: Mapping[str, Any] | None = None,
+        expected_index: int | None = None,
+    ) -> None:
+        """Queue an append (same arguments as :meth:`Store.append`)."""
+        self._requests.append(
+            self._store._prepare(run_id, state, workflow_id, node, status, metadata, expected_index)
+        )

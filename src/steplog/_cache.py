@@ -1,0 +1,60 @@
+"""A bounded cache of each hot run's latest decoded payload.
+
+It keeps appends (which delta against the previous payload) and latest-loads from
+re-reading a run's delta chain. An entry states a fact that never goes stale: "the
+record with recency seq S at index I of run R decodes to P". Users check the seq
+against the record (or run header) in hand before trusting it, so entries written by
+other processes or undone by ``delete_latest`` are simply misses.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass
+
+#: Default bytes of decoded payloads kept: 1,000 hot runs of ~64 KiB states.
+DEFAULT_CACHE_BYTES = 64 << 20
+
+
+@dataclass(frozen=True, slots=True)
+class Latest:
+    index: int
+    seq: int
+    depth: int
+    payload: bytes
+
+
+class LatestCache:
+    def __init__(self, max_bytes: int = DEFAULT_CACHE_BYTES) -> None:
+        self._max = max_bytes
+        self._bytes = 0
+        self._entries: OrderedDict[int, Latest] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, run_no: int) -> Latest | None:
+        with self._lock:
+            entry = self._entries.get(run_no)
+            if entry is not None:
+                self._entries.move_to_end(run_no)
+            return entry
+
+    def put(self, run_no: int, entry: Latest) -> None:
+        size = len(entry.payload)
+        if size > self._max // 8:
+            return
+        with self._lock:
+            old = self._entries.pop(run_no, None)
+            if old is not None:
+                self._bytes -= len(old.payload)
+            self._entries[run_no] = entry
+            self._bytes += size
+            while self._bytes > self._max:
+                _, evicted = self._entries.popitem(last=False)
+                self._bytes -= len(evicted.payload)
+
+    def discard(self, run_no: int) -> None:
+        with self._lock:
+            old = self._entries.pop(run_no, None)
+            if old is not None:
+                self._bytes -= len(old.payload)

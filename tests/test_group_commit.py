@@ -1,0 +1,155 @@
+"""Group commit, batches and durability modes."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import pytest
+
+import steplog
+from steplog import IndexConflict, InvalidArgument, WorkflowMismatch
+from steplog.store import Durability
+
+
+@pytest.fixture
+def path(tmp_path: Path) -> Path:
+    return tmp_path / "s"
+
+
+def _run_threads(n: int, target) -> list[BaseException]:  # type: ignore[no-untyped-def]
+    errors: list[BaseException] = []
+
+    def wrap(i: int) -> None:
+        try:
+            target(i)
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=wrap, args=(i,)) for i in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return errors
+
+
+def test_concurrent_appends_share_commits(path: Path) -> None:
+    with steplog.open(path) as store:
+        gate = store._gate
+        release = threading.Event()
+
+        def hold() -> None:
+            with gate.exclusive():  # stall the writer so appends queue up
+                release.wait()
+
+        holder = threading.Thread(target=hold)
+        holder.start()
+        timer = threading.Timer(0.3, release.set)
+        timer.start()
+        errors = _run_threads(16, lambda i: [store.append(f"r{i}", {"i": j}) for j in range(5)])
+        holder.join()
+        assert not errors
+        assert sum(r.length for r in store.runs()) == 80
+        assert store._writer.committed_ops == 80
+        assert store._writer.commits < 80
+
+
+def test_one_callers_error_fails_only_that_caller(path: Path) -> None:
+    with steplog.open(path) as store:
+        store.append("shared", 0, workflow_id="wf")
+        release = threading.Event()
+        holder = threading.Thread(target=lambda: _hold(store, release))
+        holder.start()
+        results: dict[int, object] = {}
+
+        def call(i: int) -> None:
+            try:
+                if i == 0:
+                    store.append("shared", "stale", expected_index=0)
+                elif i == 1:
+                    store.append("shared", "wrong wf", workflow_id="other")
+                else:
+                    store.append(f"ok{i}", i)
+                results[i] = "ok"
+            except steplog.StepLogError as exc:
+                results[i] = type(exc)
+
+        threading.Timer(0.3, release.set).start()
+        assert not _run_threads(8, call)
+        holder.join()
+        assert results[0] is IndexConflict
+        assert results[1] is WorkflowMismatch
+        assert all(results[i] == "ok" for i in range(2, 8))
+        assert store.run("shared").length == 1
+        assert sorted(r.run_id for r in store.runs())[:2] == ["ok2", "ok3"]
+
+
+def _hold(store: steplog.Store, release: threading.Event) -> None:
+    with store._gate.exclusive():
+        release.wait()
+
+
+def test_append_many_is_atomic(path: Path) -> None:
+    with steplog.open(path) as store:
+        cps = store.append_many("r", [{"i": i} for i in range(5)], workflow_id="wf", node="n")
+        assert [c.index for c in cps] == [0, 1, 2, 3, 4]
+        assert store.load("r", node="n").index == 4
+        with pytest.raises(IndexConflict):
+            store.append_many("r", ["x", "y"], expected_index=3)
+        with pytest.raises(InvalidArgument):
+            store.append_many("r", ["x", object()])
+        assert store.run("r").length == 5
+        assert store.append_many("r", ["x", "y"], expected_index=5)[-1].index == 6
+        assert store.append_many("r", []) == []
+
+
+def test_batch_commits_many_runs_atomically(path: Path) -> None:
+    with steplog.open(path) as store:
+        with store.batch() as b:
+            for i in range(10):
+                b.append(f"run{i % 3}", {"i": i}, workflow_id="wf")
+        assert [c.index for c in b.checkpoints][:4] == [0, 0, 0, 1]
+        assert sum(r.length for r in store.runs()) == 10
+        with pytest.raises(RuntimeError):
+            with store.batch() as b:
+                b.append("run0", "never")
+                raise RuntimeError("caller changed its mind")
+        with pytest.raises(IndexConflict):
+            with store.batch() as b:
+                b.append("new", "a")
+                b.append("run0", "b", expected_index=0)
+        assert store.run("new") is None
+        assert store.run("run0").length == 4
+
+
+def test_durability_modes(path: Path) -> None:
+    for mode in ("full", Durability.FAST, "fast"):
+        with steplog.open(path, durability=mode) as store:
+            store.append("r", mode if isinstance(mode, str) else mode.value)
+            assert store.durability in (Durability.FULL, Durability.FAST)
+    with steplog.open(path, durability="fast") as store:
+        assert store._env.flags()["metasync"] is False
+        assert store._env.flags()["sync"] is True
+    with steplog.open(path) as store:
+        assert store._env.flags()["metasync"] is True
+        assert store.run("r").length == 3
+    for bad in ("nosync", "writemap", None, 3):
+        with pytest.raises(InvalidArgument, match="durability"):
+            steplog.open(path, durability=bad)
+
+
+def test_close_commits_queued_appends(path: Path) -> None:
+    store = steplog.open(path)
+    done: list[int] = []
+
+    def work(i: int) -> None:
+        for j in range(20):
+            store.append(f"r{i}", j)
+            done.append(1)
+
+    errors = _run_threads(4, work)
+    store.close()
+    assert not errors
+    with steplog.open(path) as again:
+        assert sum(r.length for r in again.runs()) == len(done) == 80
