@@ -29,32 +29,32 @@ class LatestCache:
     def __init__(self, max_bytes: int = DEFAULT_CACHE_BYTES) -> None:
         self._max = max_bytes
         self._bytes = 0
-        self._entries: OrderedDict[int, Latest] = OrderedDict()
+        self._entries: OrderedDict[str, Latest] = OrderedDict()
         self._lock = threading.Lock()
 
-    def get(self, run_no: int) -> Latest | None:
+    def get(self, run_id: str) -> Latest | None:
         with self._lock:
-            entry = self._entries.get(run_no)
+            entry = self._entries.get(run_id)
             if entry is not None:
-                self._entries.move_to_end(run_no)
+                self._entries.move_to_end(run_id)
             return entry
 
-    def put(self, run_no: int, entry: Latest) -> None:
+    def put(self, run_id: str, entry: Latest) -> None:
         size = len(entry.payload)
         if size > self._max // 8:
             return
         with self._lock:
-            old = self._entries.pop(run_no, None)
+            old = self._entries.pop(run_id, None)
             if old is not None:
                 self._bytes -= len(old.payload)
-            self._entries[run_no] = entry
+            self._entries[run_id] = entry
             self._bytes += size
             while self._bytes > self._max:
                 _, evicted = self._entries.popitem(last=False)
                 self._bytes -= len(evicted.payload)
 
-    def discard(self, run_no: int) -> None:
+    def discard(self, run_id: str) -> None:
         with self._lock:
-            old = self._entries.pop(run_no, None)
+            old = self._entries.pop(run_id, None)
             if old is not None:
                 self._bytes -= len(old.payload)

@@ -23,7 +23,6 @@ _AFTER_SEP = b"\x01"
 
 # meta database keys
 META_FORMAT = b"format"
-META_SEQ = b"seq"
 META_NEXT_RUN_NO = b"next_run_no"
 
 

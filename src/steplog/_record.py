@@ -40,16 +40,18 @@ CODEC_DELTA = 2
 HEADER = struct.Struct("<BBBBIQqI")
 HEADER_SIZE = HEADER.size
 
-#: zstd level 3 is zstd's default: near level 9's ratio on JSON-like state at a
-#: fraction of the CPU (measured in benchmarks/bench_codec.py).
+#: Keyframes use zstd's default level 3: within a few percent of level 9's ratio on
+#: text-heavy state at about half the CPU.
 ZSTD_LEVEL = 3
 #: Keyframe at least every KEYFRAME_INTERVAL records: loading any index decodes at most
-#: this many records. 32 keeps a mid-history load under ~0.5 ms for 50 KiB states while
-#: the keyframe's amortised cost stays a small share of a delta (benchmarks/bench_codec.py).
+#: this many records. On the growing-chat workload 32 costs ~630 B per checkpoint (64:
+#: ~450 B, 16: ~990 B) while a worst-case load stays under ~0.5 ms for ~120 KB states
+#: (benchmarks/bench_codec.py).
 KEYFRAME_INTERVAL = 32
-#: zstd level for deltas: level 1 finds nearly every match against the previous payload
-#: (the dictionary) at about half level 3's CPU (benchmarks/bench_codec.py).
-DELTA_LEVEL = 1
+#: zstd level for deltas. Level 1's small match tables miss most matches in a large
+#: dictionary (~3.1 KB per chat step vs ~0.63 KB at level 3, for similar CPU), so deltas
+#: use zstd's default level 3 (benchmarks/bench_codec.py).
+DELTA_LEVEL = 3
 #: A delta bigger than this share of the raw payload is compared with a keyframe, and
 #: the smaller one is stored.
 DELTA_RECHECK_RATIO = 4
@@ -131,6 +133,46 @@ def _delta(payload: bytes, base: bytes) -> bytes:
     return cctx.compress(payload)
 
 
+@dataclass(frozen=True, slots=True)
+class Body:
+    """A compressed payload, ready to be framed into a record."""
+
+    codec: int
+    data: bytes
+    depth: int
+    raw_len: int
+
+
+def compress(payload: bytes, base: bytes | None = None, depth: int = 0) -> Body:
+    """Compress ``payload``: as a delta on ``base`` (the previous record's payload, at
+    ``depth - 1``) when depth < KEYFRAME_INTERVAL, unless a keyframe would be smaller."""
+    if base is None or depth <= 0 or depth >= KEYFRAME_INTERVAL or not base:
+        codec, data = _full(payload)
+        return Body(codec, data, 0, len(payload))
+    data = _delta(payload, base)
+    if len(data) * DELTA_RECHECK_RATIO > len(payload):
+        full_codec, full_data = _full(payload)
+        if len(full_data) <= len(data):
+            return Body(full_codec, full_data, 0, len(payload))
+    return Body(CODEC_DELTA, data, depth, len(payload))
+
+
+def frame(body: Body, *, seq: int, created_ns: int, status: Status) -> bytes:
+    """The stored record: header (with checksum) + body."""
+    head = HEADER.pack(
+        RECORD_VERSION,
+        body.codec,
+        STATUS_CODES[status],
+        body.depth,
+        0,
+        seq,
+        created_ns,
+        body.raw_len,
+    )
+    crc = zlib.crc32(body.data, zlib.crc32(head[8:], zlib.crc32(head[:4])))
+    return head[:4] + struct.pack("<I", crc) + head[8:] + body.data
+
+
 def pack(
     payload: bytes,
     *,
@@ -140,25 +182,9 @@ def pack(
     base: bytes | None = None,
     depth: int = 0,
 ) -> tuple[bytes, int]:
-    """Build a stored record around an encoded payload; return it and its delta depth.
-
-    With ``base`` (the previous record's payload, at ``depth - 1``) and ``depth`` under
-    KEYFRAME_INTERVAL, the record is a delta unless a keyframe would be smaller.
-    """
-    if base is None or depth <= 0 or depth >= KEYFRAME_INTERVAL or not base:
-        codec, body = _full(payload)
-        depth = 0
-    else:
-        codec, body = CODEC_DELTA, _delta(payload, base)
-        if len(body) * DELTA_RECHECK_RATIO > len(payload):
-            full_codec, full_body = _full(payload)
-            if len(full_body) <= len(body):
-                codec, body, depth = full_codec, full_body, 0
-    head = HEADER.pack(
-        RECORD_VERSION, codec, STATUS_CODES[status], depth, 0, seq, created_ns, len(payload)
-    )
-    crc = zlib.crc32(body, zlib.crc32(head[8:], zlib.crc32(head[:4])))
-    return head[:4] + struct.pack("<I", crc) + head[8:] + body, depth
+    """Compress and frame a payload in one step; return the record and its delta depth."""
+    body = compress(payload, base, depth)
+    return frame(body, seq=seq, created_ns=created_ns, status=status), body.depth
 
 
 @dataclass(frozen=True, slots=True)

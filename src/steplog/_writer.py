@@ -1,10 +1,17 @@
-"""Group commit: one thread owns LMDB write transactions and commits queued writes together.
+"""Group commit: queued writes from many threads share one LMDB commit and one flush.
 
 Callers from any thread submit an operation and block until the batch holding it has
-committed (and flushed, per the store's durability). Each operation runs in its own
-nested transaction inside the batch's transaction, so an operation that raises (bad
-input found late, IndexConflict, ...) is rolled back alone and fails only its caller;
-the rest of the batch commits.
+committed (and flushed, per the store's durability). One thread at a time is the
+*leader*: it takes everything queued, runs it in one write transaction (LMDB write
+transactions are bound to the thread that began them, and the leader begins and ends
+its own) and commits. Callers arriving meanwhile queue up; when the leader is done it
+hands the role to the first of them, whose batch holds all that queued during the
+previous flush. A lone caller thus commits on its own thread with no hand-off, and
+under load one flush acknowledges many checkpoints.
+
+In a batch of several, each operation runs in its own nested transaction, so an
+operation that raises (bad input found late, IndexConflict, ...) is rolled back alone
+and fails only its caller; the rest of the batch commits.
 """
 
 from __future__ import annotations
@@ -17,7 +24,7 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 import lmdb
 
-from steplog.errors import StorageError, StoreClosed
+from steplog.errors import InvalidArgument, StorageError, StoreClosed
 
 if TYPE_CHECKING:
     from typing import TypeAlias
@@ -31,84 +38,102 @@ T = TypeVar("T")
 MAX_BATCH = 512
 
 
+#: Low bits of a recency seq that number the checkpoints within one transaction.
+SEQ_SHIFT = 24
+_SEQ_MASK = (1 << SEQ_SHIFT) - 1
+
+
 class Batch:
-    """What one group commit's operations share: hooks to run after a durable commit and
-    a scratch space (e.g. payloads written earlier in the same batch)."""
+    """What one group commit's operations share: hooks to run after a durable commit, a
+    scratch space (e.g. payloads written earlier in the same batch) and the seq clock."""
 
-    __slots__ = ("after_commit", "scratch")
+    __slots__ = ("_seq", "after_commit", "scratch")
 
-    def __init__(self) -> None:
+    def __init__(self, txn_id: int) -> None:
         self.after_commit: list[Callable[[], None]] = []
         self.scratch: dict[Any, Any] = {}
+        self._seq = txn_id << SEQ_SHIFT
+
+    def next_seq(self) -> int:
+        """A store-wide unique, increasing recency seq: LMDB's id of this write
+        transaction (increasing across all processes) joined with a count within it."""
+        self._seq += 1
+        if not self._seq & _SEQ_MASK:
+            raise InvalidArgument(f"one commit can hold at most {_SEQ_MASK} checkpoints")
+        return self._seq
 
 
 Op = Callable[["Txn", Batch], T]
 
 
 class _Pending(Generic[T]):
-    __slots__ = ("done", "error", "hooks", "op", "result")
+    __slots__ = ("done", "error", "hooks", "op", "promoted", "result")
 
     def __init__(self, op: Op[T]) -> None:
         self.op = op
         self.done = threading.Lock()
         self.done.acquire()
+        self.promoted = False
         self.result: T | None = None
         self.error: BaseException | None = None
         self.hooks: list[Callable[[], None]] = []
 
 
 class Writer:
-    """The store's single writer thread and its queue."""
+    """The store's write queue and its rotating leader."""
 
     def __init__(
         self,
         session: Callable[[], AbstractContextManager[lmdb.Environment]],
         on_map_full: Callable[[], None],
         on_map_resized: Callable[[], None],
-        name: str,
     ) -> None:
         self._session = session
         self._on_map_full = on_map_full
         self._on_map_resized = on_map_resized
         self._queue: deque[_Pending[Any]] = deque()
-        self._cond = threading.Condition(threading.Lock())
+        self._mutex = threading.Condition(threading.Lock())
+        self._leading = False
         self._closing = False
         #: Group commits that reached disk, and operations they acknowledged.
         self.commits = 0
         self.committed_ops = 0
-        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
-        self._thread.start()
 
     def submit(self, op: Op[T]) -> T:
         """Run ``op`` in the next group commit; return its result once durable."""
-        pending: _Pending[T] = _Pending(op)
-        with self._cond:
+        mine: _Pending[T] = _Pending(op)
+        with self._mutex:
             if self._closing:
                 raise StoreClosed("the store is closed")
-            self._queue.append(pending)
-            self._cond.notify()
-        pending.done.acquire()
-        if pending.error is not None:
-            raise pending.error
-        return pending.result  # type: ignore[return-value]
-
-    def close(self) -> None:
-        """Commit what is queued, then stop the thread."""
-        with self._cond:
-            self._closing = True
-            self._cond.notify()
-        if self._thread is not threading.current_thread():
-            self._thread.join()
-
-    def _run(self) -> None:
+            self._queue.append(mine)
+            lead = not self._leading
+            self._leading = True
+        if not lead:
+            mine.done.acquire()  # released when committed, or when made leader
+            if not mine.promoted:
+                return _outcome(mine)
         while True:
-            with self._cond:
-                while not self._queue and not self._closing:
-                    self._cond.wait()
-                if not self._queue:
-                    return
+            with self._mutex:
                 batch = [self._queue.popleft() for _ in range(min(len(self._queue), MAX_BATCH))]
             self._commit(batch)
+            with self._mutex:
+                if mine.promoted or mine in batch:
+                    if self._queue:
+                        successor = self._queue[0]
+                        successor.promoted = True
+                        successor.done.release()
+                    else:
+                        self._leading = False
+                        self._mutex.notify_all()
+                    break
+        return _outcome(mine)
+
+    def close(self) -> None:
+        """Refuse new writes and wait until queued ones have committed."""
+        with self._mutex:
+            self._closing = True
+            while self._leading:
+                self._mutex.wait()
 
     def _commit(self, batch: list[_Pending[Any]]) -> None:
         live = batch
@@ -139,29 +164,44 @@ class Writer:
             p.done.release()
 
     def _attempt(self, batch: list[_Pending[Any]]) -> None:
-        shared = Batch()
+        # A lone operation needs no nested transaction: if it fails, aborting the
+        # whole transaction is the same as rolling back just it.
+        nested = len(batch) > 1
         with self._session() as env:
             txn = env.begin(write=True)
+            shared = Batch(txn.id())
             try:
                 for p in batch:
                     p.error = None
                     mark = len(shared.after_commit)
-                    child = env.begin(write=True, parent=txn)
+                    child = env.begin(write=True, parent=txn) if nested else txn
                     try:
                         p.result = p.op(child, shared)
-                        child.commit()
+                        if nested:
+                            child.commit()
                     except lmdb.Error:
-                        child.abort()
+                        if nested:
+                            child.abort()
                         raise
                     except Exception as exc:  # the op's own failure: roll back just it
-                        child.abort()
+                        if nested:
+                            child.abort()
                         p.error = exc
                         del shared.after_commit[mark:]
                         continue
                     p.hooks = shared.after_commit[mark:]
+                if not nested and batch[0].error is not None:
+                    txn.abort()
+                    return
                 txn.commit()
                 self.commits += 1
                 self.committed_ops += sum(1 for p in batch if p.error is None)
             except BaseException:
                 txn.abort()
                 raise
+
+
+def _outcome(pending: _Pending[T]) -> T:
+    if pending.error is not None:
+        raise pending.error
+    return pending.result  # type: ignore[return-value]

@@ -185,9 +185,7 @@ class Store:
         self._workflows = dbs["workflows"]
         self._recent = dbs["recent"]
         self._children = dbs["children"]
-        self._writer = _writer.Writer(
-            self._session, self._grow_map, self._adopt_map_size, f"steplog-writer:{path}"
-        )
+        self._writer = _writer.Writer(self._session, self._grow_map, self._adopt_map_size)
         _open_stores.add(self)
 
     # ------------------------------------------------------------------ lifecycle
@@ -222,12 +220,15 @@ class Store:
     # ------------------------------------------------------------------ transactions
 
     def _read(self, fn: Callable[[Txn], T]) -> T:
+        gate = self._gate
         while True:
             try:
-                with self._gate.shared():
-                    env = self._live_env()
-                    with env.begin() as txn:
+                gate.enter()
+                try:
+                    with self._live_env().begin() as txn:
                         return fn(txn)
+                finally:
+                    gate.leave()
             except lmdb.MapResizedError:
                 self._adopt_map_size()
             except lmdb.Error as exc:
@@ -295,7 +296,7 @@ class Store:
         limit = self.max_record_size
         if head.depth == 0:
             return head, _record.unpack_payload(run_id, index, raw, head, limit)
-        hit = self._cache.get(hdr.run_no)
+        hit = self._cache.get(run_id)
         if hit is not None and hit.index == index and hit.seq == head.seq:
             return head, hit.payload
         start, base = index - head.depth, None
@@ -323,7 +324,7 @@ class Store:
             mine = batch.scratch.get(hdr.run_no)
             if mine is not None and mine.seq == hdr.seq:
                 return mine  # type: ignore[no-any-return]
-        hit = self._cache.get(hdr.run_no)
+        hit = self._cache.get(run_id)
         if hit is not None and hit.seq == hdr.seq and hit.index == hdr.length - 1:
             return hit
         index = hdr.length - 1
@@ -341,7 +342,7 @@ class Store:
     ) -> Checkpoint:
         head, payload = self._payload(txn, hdr, run_id, index, raw)
         if index == hdr.length - 1 and head.depth and head.seq == hdr.seq:
-            self._cache.put(hdr.run_no, Latest(index, head.seq, head.depth, payload))
+            self._cache.put(run_id, Latest(index, head.seq, head.depth, payload))
         return self._assemble(run_id, index, hdr, head, payload, type_)
 
     @staticmethod
@@ -408,22 +409,25 @@ class Store:
         status: Status,
         batch: Batch,
         run_id: str,
+        body: _record.Body | None = None,
+        body_base_seq: int = -1,
     ) -> _RunHeader:
         """Write the run's next record (a delta against its latest when it pays) and
         every index entry; return the new header. Call last in an op: it records the
-        payload for later ops of the batch and for the cache after commit."""
+        payload for later ops of the batch and for the cache after commit.
+
+        ``body`` may be compressed ahead, outside the commit, against the record with
+        seq ``body_base_seq``; it is used only if that is still the run's latest."""
         index = hdr.length
-        seq = self._counter(txn, _keys.META_SEQ)
+        seq = batch.next_seq()
         created_ns = max(time.time_ns(), hdr.updated_ns)
-        base = self._latest(txn, hdr, run_id, batch) if index else None
-        record, depth = _record.pack(
-            payload,
-            seq=seq,
-            created_ns=created_ns,
-            status=status,
-            base=base.payload if base else None,
-            depth=base.depth + 1 if base else 0,
-        )
+        if body is None or (body.depth and body_base_seq != hdr.seq):
+            base = self._latest(txn, hdr, run_id, batch) if index else None
+            body = _record.compress(
+                payload, base.payload if base else None, base.depth + 1 if base else 0
+            )
+        depth = body.depth
+        record = _record.frame(body, seq=seq, created_ns=created_ns, status=status)
         txn.put(_keys.log_key(hdr.run_no, index), record, db=self._log)
         if node is not None:
             txn.put(_keys.node_key(hdr.run_no, node, index), b"", db=self._nodes)
@@ -437,7 +441,7 @@ class Store:
         self._set_recency(txn, rid, old, new)
         latest = Latest(index, seq, depth, payload)
         batch.scratch[hdr.run_no] = latest
-        batch.after_commit.append(lambda: self._cache.put(hdr.run_no, latest))
+        batch.after_commit.append(lambda: self._cache.put(run_id, latest))
         return new
 
     def _last_with_prefix(self, txn: Txn, db: Any, prefix: bytes) -> tuple[bytes, bytes] | None:
@@ -545,6 +549,13 @@ class Store:
         expected = _validate.optional_nonnegative(expected_index, "expected_index")
         payload = self._encode(run_id, node, meta, state)
         self._live_env()
+        # Compress here, in the caller's thread and outside the commit (zstd releases
+        # the GIL), against the run's cached latest payload; the commit re-checks it.
+        hit = self._cache.get(run_id)
+        if hit is None:
+            body, base_seq = _record.compress(payload), -1
+        else:
+            body, base_seq = _record.compress(payload, hit.payload, hit.depth + 1), hit.seq
         return _AppendRequest(
             self,
             run_id,
@@ -557,6 +568,8 @@ class Store:
             expected,
             payload,
             state,
+            body,
+            base_seq,
         )
 
     def _apply_append(self, req: _AppendRequest, txn: Txn, batch: Batch) -> Checkpoint:
@@ -579,7 +592,17 @@ class Store:
         if req.expected is not None and req.expected != hdr.length:
             raise IndexConflict(req.run_id, req.expected, hdr.length)
         new = self._put_checkpoint(
-            txn, req.rid, old, hdr, req.node_key, req.payload, req.status, batch, req.run_id
+            txn,
+            req.rid,
+            old,
+            hdr,
+            req.node_key,
+            req.payload,
+            req.status,
+            batch,
+            req.run_id,
+            req.body,
+            req.base_seq,
         )
         return Checkpoint(
             run_id=req.run_id,
@@ -708,7 +731,7 @@ class Store:
                 )
                 seq, updated, status = prev.seq, prev.created_ns, _record.STATUS_CODES[prev.status]
             else:
-                seq = self._counter(txn, _keys.META_SEQ)
+                seq = batch.next_seq()
                 updated, status = max(time.time_ns(), hdr.updated_ns), _NO_STATUS
             txn.delete(_keys.log_key(hdr.run_no, index), db=self._log)
             if gone.node is not None:
@@ -717,7 +740,7 @@ class Store:
                 hdr, length=index, seq=seq, updated_ns=updated, status=status
             )
             self._set_recency(txn, rid, hdr, new)
-            self._forget(batch, hdr.run_no)
+            self._forget(batch, run_id, hdr.run_no)
             return gone
 
         return self._write(op)
@@ -758,15 +781,15 @@ class Store:
                     _keys.workflow_key(hdr.workflow_id.encode(), hdr.seq), db=self._workflows
                 )
             txn.delete(rid, db=self._runs)
-            self._forget(batch, hdr.run_no)
+            self._forget(batch, run_id, hdr.run_no)
             return hdr.length
 
         return self._write(op)
 
-    def _forget(self, batch: Batch, run_no: int) -> None:
+    def _forget(self, batch: Batch, run_id: str, run_no: int) -> None:
         """Drop a run's latest payload from the batch and, after commit, the cache."""
         batch.scratch.pop(run_no, None)
-        batch.after_commit.append(lambda: self._cache.discard(run_no))
+        batch.after_commit.append(lambda: self._cache.discard(run_id))
 
     @staticmethod
     def _delete_prefix(txn: Txn, db: Any, prefix: bytes) -> None:
@@ -816,6 +839,18 @@ class Store:
                 at = U64.unpack(hit[0][-8:])[0]
             elif idx is None:
                 at = hdr.length - 1
+                cached = self._cache.get(run_id)
+                if cached is not None and cached.seq == hdr.seq and cached.index == at:
+                    # the run header holds the latest record's time and status
+                    head = _record.Header(
+                        codec=_record.CODEC_RAW,
+                        status=_record.CODE_STATUS[hdr.status],
+                        depth=cached.depth,
+                        seq=cached.seq,
+                        created_ns=hdr.updated_ns,
+                        raw_len=len(cached.payload),
+                    )
+                    return self._assemble(run_id, at, hdr, head, cached.payload, type)
             else:
                 at = idx + hdr.length if idx < 0 else idx
                 if not 0 <= at < hdr.length:
@@ -1002,6 +1037,8 @@ class _AppendRequest:
     """A validated, encoded append waiting for its transaction."""
 
     __slots__ = (
+        "base_seq",
+        "body",
         "expected",
         "metadata",
         "node",
@@ -1028,8 +1065,12 @@ class _AppendRequest:
         expected: int | None,
         payload: bytes,
         state: Any,
+        body: _record.Body,
+        base_seq: int,
     ) -> None:
         self.store = store
+        self.body = body
+        self.base_seq = base_seq
         self.run_id = run_id
         self.rid = rid
         self.workflow_id = workflow_id

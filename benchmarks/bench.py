@@ -1,0 +1,492 @@
+"""steplog benchmark: steplog against raw LMDB, SQLite and LangGraph's SqliteSaver.
+
+    python benchmarks/bench.py            # full run, prints the README table
+    python benchmarks/bench.py --quick    # smaller counts, for a smoke check
+
+Every workload runs in its own subprocess (so peak RSS is per workload) on a fresh
+directory under --dir (default: a temp dir). All figures of one table come from one
+run on one machine; ratios compare rows measured side by side.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import resource
+import shutil
+import sqlite3
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import lmdb
+import msgspec
+import zstandard
+
+import steplog
+
+WORDS = (
+    "the agent reads the ticket and looks up the order before it drafts a reply to the "
+    "customer about refunds shipping delays invoices and the next steps of the workflow"
+).split()
+
+
+def text(rng: random.Random, nbytes: int) -> str:
+    out: list[str] = []
+    size = 0
+    while size < nbytes:
+        w = rng.choice(WORDS)
+        out.append(w)
+        size += len(w) + 1
+    return " ".join(out)
+
+
+def sized_state(nbytes: int, seed: int) -> dict[str, Any]:
+    rng = random.Random(seed)
+    return {
+        "step": 0,
+        "status": "running",
+        "scores": [rng.random() for _ in range(8)],
+        "notes": text(rng, nbytes - 200),
+    }
+
+
+def next_state(state: dict[str, Any], step: int) -> dict[str, Any]:
+    """A checkpoint-to-checkpoint change: a counter, a status, one score."""
+    scores = list(state["scores"])
+    scores[step % 8] = step / 7.0
+    return {**state, "step": step, "status": f"node-{step % 5}", "scores": scores}
+
+
+def full_record(state: Any) -> bytes:
+    """What a store without deltas writes: the zstd-compressed msgpack state."""
+    return zstandard.ZstdCompressor(level=3).compress(msgspec.msgpack.encode(state))
+
+
+def pct(samples: list[float], q: float) -> float:
+    ordered = sorted(samples)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def dir_bytes(path: Path) -> int:
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file() and p.name != "lock.mdb")
+
+
+# ---------------------------------------------------------------- raw engines
+
+
+def raw_lmdb_puts(path: Path, values: list[tuple[bytes, bytes]], per_commit: int) -> float:
+    env = lmdb.open(str(path), map_size=1 << 34, sync=True, metasync=True)
+    start = time.perf_counter()
+    for i in range(0, len(values), per_commit):
+        with env.begin(write=True) as txn:
+            for key, value in values[i : i + per_commit]:
+                txn.put(key, value)
+    elapsed = time.perf_counter() - start
+    env.close()
+    return len(values) / elapsed
+
+
+def sqlite_inserts(path: Path, values: list[tuple[bytes, bytes]], per_commit: int) -> float:
+    db = sqlite3.connect(path / "bench.sqlite", isolation_level=None)
+    db.execute("PRAGMA journal_mode=WAL")
+    db.execute("PRAGMA synchronous=FULL")
+    db.execute("CREATE TABLE log (k BLOB PRIMARY KEY, v BLOB)")
+    start = time.perf_counter()
+    for i in range(0, len(values), per_commit):
+        db.execute("BEGIN")
+        db.executemany("INSERT INTO log VALUES (?, ?)", values[i : i + per_commit])
+        db.execute("COMMIT")
+    elapsed = time.perf_counter() - start
+    db.close()
+    return len(values) / elapsed
+
+
+def keyed(values: list[bytes], runs: int) -> list[tuple[bytes, bytes]]:
+    return [
+        ((i % runs).to_bytes(8, "big") + (i // runs).to_bytes(8, "big"), v)
+        for i, v in enumerate(values)
+    ]
+
+
+# ---------------------------------------------------------------- workloads
+
+
+def w_single(d: Path, args: dict[str, Any]) -> dict[str, Any]:
+    """One append per commit, single writer; steplog vs raw LMDB vs SQLite."""
+    n, size, runs = args["n"], args["size"], args["runs"]
+    base = [sized_state(size, r) for r in range(runs)]
+    states = [next_state(base[i % runs], i // runs) for i in range(n)]
+    lat: list[float] = []
+    with steplog.open(d / "steplog") as store:
+        t0 = time.perf_counter()
+        for i, st in enumerate(states):
+            a = time.perf_counter()
+            store.append(f"run-{i % runs}", st, workflow_id="bench", node="step")
+            lat.append(time.perf_counter() - a)
+        rate = n / (time.perf_counter() - t0)
+        # reads on the same store
+        latest = []
+        for i in range(2000):
+            a = time.perf_counter()
+            store.load(f"run-{i % runs}")
+            latest.append(time.perf_counter() - a)
+        by_index = []
+        rng = random.Random(1)
+        for _ in range(2000):
+            r = rng.randrange(runs)
+            length = n // runs
+            a = time.perf_counter()
+            store.load(f"run-{r}", rng.randrange(length))
+            by_index.append(time.perf_counter() - a)
+        a = time.perf_counter()
+        replayed = sum(1 for _ in store.history("run-0"))
+        replay_rate = replayed / (time.perf_counter() - a)
+    steplog_bytes = dir_bytes(d / "steplog") / n
+    encoded = [full_record(s) for s in states]
+    raw_rate = raw_lmdb_puts(d / "raw", keyed(encoded, runs), 1)
+    (d / "sq").mkdir()
+    sqlite_rate = sqlite_inserts(d / "sq", keyed(encoded, runs), 1)
+    # raw read yardsticks: get + zstd + msgspec decode of the same full state
+    env = lmdb.open(str(d / "raw"), readonly=True, lock=False)
+    dctx = zstandard.ZstdDecompressor()
+    raw_get = []
+    keys = [k for k, _ in keyed(encoded, runs)]
+    with env.begin() as txn:
+        for i in range(2000):
+            k = keys[-1 - (i % runs)]
+            a = time.perf_counter()
+            msgspec.msgpack.decode(dctx.decompress(txn.get(k)))
+            raw_get.append(time.perf_counter() - a)
+        run0 = [k for k in keys if k[:8] == (0).to_bytes(8, "big")]
+        a = time.perf_counter()
+        for k in run0:
+            msgspec.msgpack.decode(dctx.decompress(txn.get(k)))
+        raw_decode_rate = len(run0) / (time.perf_counter() - a)
+    env.close()
+    return {
+        "steplog_rate": rate,
+        "raw_lmdb_rate": raw_rate,
+        "sqlite_rate": sqlite_rate,
+        "append_p50_us": pct(lat, 0.5) * 1e6,
+        "append_p99_us": pct(lat, 0.99) * 1e6,
+        "load_latest_p50_us": pct(latest, 0.5) * 1e6,
+        "raw_get_decode_p50_us": pct(raw_get, 0.5) * 1e6,
+        "load_index_p50_us": pct(by_index, 0.5) * 1e6,
+        "replay_rate": replay_rate,
+        "raw_decode_rate": raw_decode_rate,
+        "steplog_bytes": steplog_bytes,
+        "full_record_bytes": statistics.mean(len(e) for e in encoded),
+    }
+
+
+def w_concurrent(d: Path, args: dict[str, Any]) -> dict[str, Any]:
+    """N writer threads, one run each, 2 KiB states; vs raw LMDB/SQLite at 100 per commit."""
+    writers, per_writer = args["writers"], args["per_writer"]
+    base = [sized_state(2048, w) for w in range(writers)]
+    lat: list[float] = []
+    lock = threading.Lock()
+    with steplog.open(d / "steplog") as store:
+
+        def work(w: int) -> None:
+            mine = []
+            st = base[w]
+            for i in range(per_writer):
+                st = next_state(st, i)
+                a = time.perf_counter()
+                store.append(f"w{w}", st)
+                mine.append(time.perf_counter() - a)
+            with lock:
+                lat.extend(mine)
+
+        threads = [threading.Thread(target=work, args=(w,)) for w in range(writers)]
+        t0 = time.perf_counter()
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        rate = writers * per_writer / (time.perf_counter() - t0)
+        commits = store._writer.commits
+    out: dict[str, Any] = {
+        "steplog_rate": rate,
+        "append_p50_us": pct(lat, 0.5) * 1e6,
+        "append_p99_us": pct(lat, 0.99) * 1e6,
+        "appends_per_commit": writers * per_writer / max(commits, 1),
+    }
+    if args.get("raw"):
+        states = []
+        for w in range(100):
+            st = sized_state(2048, w)
+            for i in range(args["raw_n"] // 100):
+                st = next_state(st, i)
+                states.append(full_record(st))
+        out["raw_lmdb_100_rate"] = raw_lmdb_puts(d / "raw", keyed(states, 100), 100)
+        (d / "sq").mkdir()
+        out["sqlite_100_rate"] = sqlite_inserts(d / "sq", keyed(states, 100), 100)
+    return out
+
+
+def chat_states(threads: int, steps: int) -> list[list[dict[str, Any]]]:
+    """Workload 2: each step appends one 300-800 byte message and changes small fields."""
+    out = []
+    for t in range(threads):
+        rng = random.Random(t)
+        msgs: list[dict[str, Any]] = []
+        seq = []
+        for s in range(steps):
+            msgs = [
+                *msgs,
+                {
+                    "role": "user" if s % 2 else "ai",
+                    "id": f"m{t}-{s}",
+                    "content": text(rng, rng.randint(300, 800)),
+                },
+            ]
+            seq.append(
+                {"messages": msgs, "step": s, "node": f"n{s % 4}", "tokens": rng.randint(100, 9000)}
+            )
+        out.append(seq)
+    return out
+
+
+def w_chat(d: Path, args: dict[str, Any]) -> dict[str, Any]:
+    threads, steps = args["threads"], args["steps"]
+    work = chat_states(threads, steps)
+    n = threads * steps
+    kind = args["kind"]
+    if kind == "steplog":
+        with steplog.open(d / "steplog") as store:
+
+            def run(t: int) -> None:
+                for st in work[t]:
+                    store.append(f"thread-{t}", st, workflow_id="chat", node=st["node"])
+
+            ths = [threading.Thread(target=run, args=(t,)) for t in range(threads)]
+            t0 = time.perf_counter()
+            for th in ths:
+                th.start()
+            for th in ths:
+                th.join()
+            elapsed = time.perf_counter() - t0
+        return {"rate": n / elapsed, "bytes": dir_bytes(d / "steplog") / n}
+    from langgraph.checkpoint.base import empty_checkpoint
+    from langgraph.checkpoint.sqlite import SqliteSaver
+
+    conn = sqlite3.connect(d / "lg.sqlite", check_same_thread=False)
+    saver = SqliteSaver(conn)
+    saver.setup()
+
+    def put_thread(t: int) -> None:
+        config: dict[str, Any] = {"configurable": {"thread_id": f"thread-{t}", "checkpoint_ns": ""}}
+        for i, st in enumerate(work[t]):
+            cp = empty_checkpoint()
+            cp["channel_values"] = st
+            cp["channel_versions"] = {k: i + 1 for k in st}
+            config = saver.put(config, cp, {"source": "loop", "step": i}, cp["channel_versions"])
+
+    ths = [threading.Thread(target=put_thread, args=(t,)) for t in range(threads)]
+    t0 = time.perf_counter()
+    for th in ths:
+        th.start()
+    for th in ths:
+        th.join()
+    elapsed = time.perf_counter() - t0
+    conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    conn.close()
+    return {"rate": n / elapsed, "bytes": dir_bytes(d) / n}
+
+
+def w_replay_big(d: Path, args: dict[str, Any]) -> dict[str, Any]:
+    """Write an n-checkpoint run, then replay it in a fresh process-like store; RSS growth."""
+    n = args["n"]
+    with steplog.open(d / "steplog") as store:
+        chunk = 2000
+        st = {"step": 0, "note": "x" * 100}
+        for i in range(0, n, chunk):
+            store.append_many("big", [{**st, "step": j} for j in range(i, min(n, i + chunk))])
+    import gc
+
+    gc.collect()
+    before = rss_now()
+    peak_growth = 0
+    with steplog.open(d / "steplog") as store:
+        t0 = time.perf_counter()
+        count = 0
+        for _cp in store.history("big"):
+            count += 1
+            if count % 50_000 == 0:
+                peak_growth = max(peak_growth, rss_now() - before)
+        elapsed = time.perf_counter() - t0
+    peak_growth = max(peak_growth, rss_now() - before)
+    return {"n": count, "replay_rate": count / elapsed, "rss_growth_mb": peak_growth / 2**20}
+
+
+def rss_now() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+WORKLOADS: dict[str, Callable[[Path, dict[str, Any]], dict[str, Any]]] = {
+    "single": w_single,
+    "concurrent": w_concurrent,
+    "chat": w_chat,
+    "replay_big": w_replay_big,
+}
+
+
+def run_one(name: str, args: dict[str, Any], root: Path) -> dict[str, Any]:
+    d = Path(tempfile.mkdtemp(dir=root))
+    proc = subprocess.run(
+        [sys.executable, __file__, "--one", name, "--args", json.dumps(args), "--dir", str(d)],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    shutil.rmtree(d, ignore_errors=True)
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def child(name: str, args: dict[str, Any], d: Path) -> None:
+    result = WORKLOADS[name](d, args)
+    result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(json.dumps(result))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--dir", type=Path)
+    ap.add_argument("--one")
+    ap.add_argument("--args")
+    ap.add_argument("--json", type=Path, help="also write the raw results here")
+    ns = ap.parse_args()
+    if ns.one:
+        child(ns.one, json.loads(ns.args), ns.dir)
+        return
+    root = ns.dir or Path(tempfile.mkdtemp(prefix="steplog-bench-"))
+    root.mkdir(parents=True, exist_ok=True)
+    q = ns.quick
+    n1 = 400 if q else 2000
+    results: dict[str, Any] = {}
+    rows: list[tuple[str, str, str]] = []
+
+    def row(label: str, value: str, ratio: str = "") -> None:
+        rows.append((label, value, ratio))
+        print(f"  {label:<58} {value:>14}  {ratio}", file=sys.stderr, flush=True)
+
+    print("single writer, one append per commit", file=sys.stderr)
+    for size in (2048, 20480):
+        for runs in (1, 100):
+            r = results[f"single_{size}_{runs}"] = run_one(
+                "single", {"n": n1, "size": size, "runs": runs}, root
+            )
+            tag = f"{size // 1024} KiB, {runs} run{'s' if runs > 1 else ''}"
+            row(
+                f"[1] {tag}: steplog durable appends/s",
+                f"{r['steplog_rate']:,.0f}",
+                f"{r['steplog_rate'] / r['raw_lmdb_rate']:.2f}x raw LMDB 1/commit "
+                f"({r['raw_lmdb_rate']:,.0f}/s); {r['steplog_rate'] / r['sqlite_rate']:.2f}x "
+                f"SQLite WAL FULL ({r['sqlite_rate']:,.0f}/s)",
+            )
+            row(
+                f"[1] {tag}: append p50 / p99 (us)",
+                f"{r['append_p50_us']:,.0f} / {r['append_p99_us']:,.0f}",
+            )
+            row(
+                f"[1] {tag}: load latest p50 (us)",
+                f"{r['load_latest_p50_us']:.1f}",
+                f"{r['load_latest_p50_us'] / r['raw_get_decode_p50_us']:.2f}x raw get+zstd+decode "
+                f"({r['raw_get_decode_p50_us']:.1f} us)",
+            )
+            row(f"[1] {tag}: load by index p50 (us)", f"{r['load_index_p50_us']:.1f}")
+            row(
+                f"[1] {tag}: replay records/s",
+                f"{r['replay_rate']:,.0f}",
+                f"{r['replay_rate'] / r['raw_decode_rate']:.2f}x raw decode "
+                f"({r['raw_decode_rate']:,.0f}/s)",
+            )
+            row(
+                f"[1] {tag}: bytes on disk per checkpoint",
+                f"{r['steplog_bytes']:,.0f}",
+                f"full zstd record would be {r['full_record_bytes']:,.0f}",
+            )
+            row(f"[1] {tag}: peak RSS (MB)", f"{r['peak_rss_mb']:.0f}")
+
+    print("concurrent writers, 2 KiB states", file=sys.stderr)
+    per = 150 if q else 500
+    conc: dict[int, dict[str, Any]] = {}
+    for writers in (1, 4, 16):
+        conc[writers] = results[f"concurrent_{writers}"] = run_one(
+            "concurrent",
+            {
+                "writers": writers,
+                "per_writer": per if writers > 1 else per * 2,
+                "raw": writers == 16,
+                "raw_n": 2000 if q else 20000,
+            },
+            root,
+        )
+    for writers, r in conc.items():
+        ratio = f"{r['steplog_rate'] / conc[1]['steplog_rate']:.1f}x 1 writer"
+        if writers == 16:
+            ratio += (
+                f"; {r['steplog_rate'] / r['raw_lmdb_100_rate']:.2f}x raw LMDB 100/commit "
+                f"({r['raw_lmdb_100_rate']:,.0f}/s); SQLite 100/commit "
+                f"{r['sqlite_100_rate']:,.0f}/s"
+            )
+        row(f"[3] {writers} writers: durable appends/s", f"{r['steplog_rate']:,.0f}", ratio)
+        row(
+            f"[3] {writers} writers: append p50 / p99 (us); appends per commit",
+            f"{r['append_p50_us']:,.0f} / {r['append_p99_us']:,.0f}",
+            f"{r['appends_per_commit']:.1f} per commit; peak RSS {r['peak_rss_mb']:.0f} MB",
+        )
+
+    print("growing chat (20 threads x 200 steps)", file=sys.stderr)
+    chat = {"threads": 20, "steps": 60 if q else 200}
+    s = results["chat_steplog"] = run_one("chat", {**chat, "kind": "steplog"}, root)
+    lg = results["chat_sqlitesaver"] = run_one("chat", {**chat, "kind": "sqlitesaver"}, root)
+    row(
+        "[2] chat: steplog checkpoints/s",
+        f"{s['rate']:,.0f}",
+        f"{s['rate'] / lg['rate']:.1f}x SqliteSaver ({lg['rate']:,.0f}/s)",
+    )
+    row(
+        "[2] chat: steplog bytes per checkpoint",
+        f"{s['bytes']:,.0f}",
+        f"1/{lg['bytes'] / s['bytes']:.0f} of SqliteSaver ({lg['bytes']:,.0f} B)",
+    )
+    row(
+        "[2] chat: peak RSS steplog / SqliteSaver (MB)",
+        f"{s['peak_rss_mb']:.0f} / {lg['peak_rss_mb']:.0f}",
+    )
+
+    big = 100_000 if q else 1_000_000
+    print(f"replay of a {big:,}-checkpoint run", file=sys.stderr)
+    r = results["replay_big"] = run_one("replay_big", {"n": big}, root)
+    row(
+        f"replay {r['n']:,} checkpoints: records/s",
+        f"{r['replay_rate']:,.0f}",
+        f"RSS growth {r['rss_growth_mb']:.1f} MB",
+    )
+
+    if ns.json:
+        ns.json.write_text(json.dumps(results, indent=2))
+    print()
+    print("| workload | figure | compared |")
+    print("|---|---:|---|")
+    for label, value, ratio in rows:
+        print(f"| {label} | {value} | {ratio} |")
+    if not ns.dir:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

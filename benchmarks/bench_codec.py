@@ -1,0 +1,104 @@
+"""How the record codec's constants were chosen: keyframe interval K, zstd levels, and
+whether a trained dictionary pays for small states.
+
+    python benchmarks/bench_codec.py
+
+Pure CPU and bytes (no disk): encodes the growing-chat workload (one 300-800 byte
+message per step) and a small-state workload the way steplog's records do.
+"""
+
+from __future__ import annotations
+
+import random
+import statistics
+import time
+from typing import Any
+
+import msgspec
+import zstandard
+from bench import chat_states  # type: ignore[import-not-found]
+
+
+def delta(payload: bytes, base: bytes, level: int) -> bytes:
+    d = zstandard.ZstdCompressionDict(base, dict_type=zstandard.DICT_TYPE_RAWCONTENT)
+    return zstandard.ZstdCompressor(level=level, dict_data=d, write_checksum=True).compress(payload)
+
+
+def undelta(data: bytes, base: bytes) -> bytes:
+    d = zstandard.ZstdCompressionDict(base, dict_type=zstandard.DICT_TYPE_RAWCONTENT)
+    return zstandard.ZstdDecompressor(dict_data=d).decompress(data)
+
+
+def chain_costs(payloads: list[bytes], k: int, level: int) -> dict[str, float]:
+    full = zstandard.ZstdCompressor(level=3, write_checksum=True)
+    sizes, enc = [], 0.0
+    records: list[tuple[bool, bytes]] = []
+    for i, p in enumerate(payloads):
+        t = time.perf_counter()
+        if i % k == 0:
+            rec = (True, full.compress(p))
+        else:
+            rec = (False, delta(p, payloads[i - 1], level))
+        enc += time.perf_counter() - t
+        records.append(rec)
+        sizes.append(len(rec[1]))
+    # worst-case load: the last record of a chain (k - 1 deltas after a keyframe)
+    last = (len(payloads) - 1) // k * k + min(k - 1, (len(payloads) - 1) % k)
+    start = last - last % k
+    t = time.perf_counter()
+    for _ in range(5):
+        base = zstandard.ZstdDecompressor().decompress(records[start][1])
+        for j in range(start + 1, last + 1):
+            base = undelta(records[j][1], base)
+    worst = (time.perf_counter() - t) / 5
+    return {
+        "bytes": statistics.mean(sizes),
+        "encode_us": enc / len(payloads) * 1e6,
+        "worst_load_ms": worst * 1e3,
+    }
+
+
+def main() -> None:
+    states = chat_states(4, 200)
+    payloads = [msgspec.msgpack.encode((None, {}, s)) for run in states for s in run][:200]
+    print(
+        f"growing chat, {len(payloads)} steps, last payload {len(payloads[-1]):,} B, "
+        f"full zstd-3 {len(zstandard.ZstdCompressor(level=3).compress(payloads[-1])):,} B"
+    )
+    print(
+        f"{'K':>4} {'delta level':>11} {'B/checkpoint':>13} {'encode us':>10} {'worst load ms':>14}"
+    )
+    for k in (8, 16, 32, 64):
+        for level in (1, 3):
+            c = chain_costs(payloads, k, level)
+            print(
+                f"{k:>4} {level:>11} {c['bytes']:>13,.0f} {c['encode_us']:>10,.0f} "
+                f"{c['worst_load_ms']:>14.2f}"
+            )
+
+    rng = random.Random(0)
+    small: list[Any] = [
+        {
+            "step": i,
+            "node": rng.choice(["plan", "act", "observe"]),
+            "ok": rng.random() > 0.1,
+            "cost": rng.random(),
+            "user": f"user-{rng.randint(0, 50)}",
+        }
+        for i in range(2000)
+    ]
+    enc = [msgspec.msgpack.encode((None, {}, s)) for s in small]
+    plain = zstandard.ZstdCompressor(level=3)
+    trained = zstandard.train_dictionary(4096, enc[:1000])
+    with_dict = zstandard.ZstdCompressor(level=3, dict_data=trained)
+    raw = statistics.mean(len(e) for e in enc[1000:])
+    p = statistics.mean(min(len(e), len(plain.compress(e))) for e in enc[1000:])
+    d = statistics.mean(len(with_dict.compress(e)) for e in enc[1000:])
+    print(
+        f"\nsmall states ({raw:.0f} B msgpack): raw-or-zstd {p:.0f} B, "
+        f"trained 4 KiB dictionary {d:.0f} B per record"
+    )
+
+
+if __name__ == "__main__":
+    main()
