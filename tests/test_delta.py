@@ -33,10 +33,9 @@ def _states(n: int) -> list[dict[str, Any]]:
 
 
 def _depths(path: Path, run_no: int, n: int) -> list[int]:
-    env = lmdb.open(str(path), max_dbs=16, readonly=True, lock=False)
+    env = lmdb.open(str(path), readonly=True, lock=False)
     try:
-        log = env.open_db(b"log", create=False)
-        with env.begin(db=log) as txn:
+        with env.begin() as txn:
             out = []
             for i in range(n):
                 raw = txn.get(_keys.log_key(run_no, i))
@@ -82,9 +81,8 @@ def test_delta_records_are_much_smaller_than_keyframes(path: Path) -> None:
     with steplog.open(path) as store:
         for st in states:
             store.append("r", st)
-    env = lmdb.open(str(path), max_dbs=16, readonly=True, lock=False)
-    log = env.open_db(b"log", create=False)
-    with env.begin(db=log) as txn:
+    env = lmdb.open(str(path), readonly=True, lock=False)
+    with env.begin() as txn:
         sizes = [len(txn.get(_keys.log_key(1, i))) for i in range(K)]
     env.close()
     full_last = len(

@@ -30,10 +30,9 @@ def path(tmp_path: Path) -> Path:
 
 def _rewrite_record(path: Path, run_no: int, index: int, mutate) -> None:  # type: ignore[no-untyped-def]
     """Change a stored record through LMDB (not the raw file), as a bad disk or bug would."""
-    env = lmdb.open(str(path), max_dbs=16)
+    env = lmdb.open(str(path))
     try:
-        log = env.open_db(b"log", create=False)
-        with env.begin(write=True, db=log) as txn:
+        with env.begin(write=True) as txn:
             key = _keys.log_key(run_no, index)
             raw = txn.get(key)
             assert raw is not None
@@ -151,9 +150,8 @@ def test_foreign_lmdb_environment_is_not_a_store(tmp_path: Path) -> None:
 
 def test_newer_format_is_refused_unchanged(path: Path) -> None:
     steplog.open(path).close()
-    env = lmdb.open(str(path), max_dbs=16)
-    meta = env.open_db(b"meta", create=False)
-    with env.begin(write=True, db=meta) as txn:
+    env = lmdb.open(str(path))
+    with env.begin(write=True) as txn:
         txn.put(_keys.META_FORMAT, msgspec.msgpack.encode({"magic": "steplog", "version": 99}))
     env.close()
     before = (path / "data.mdb").read_bytes()

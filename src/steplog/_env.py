@@ -12,7 +12,6 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
 
 import lmdb
 import msgspec
@@ -22,8 +21,6 @@ from steplog.errors import NotAStore, StorageError, UnsupportedFormat
 
 FORMAT_MAGIC = "steplog"
 FORMAT_VERSION = 1
-
-DB_NAMES = ("meta", "runs", "log", "nodes", "workflows", "recent", "children")
 
 #: Initial map: large enough that most stores never resize (the file grows only as
 #: data is written; the map is address space, not disk).
@@ -108,10 +105,9 @@ def _private_files(path: Path) -> None:
             os.close(fd)
 
 
-def open_env(
-    path: Path, map_size: int, *, metasync: bool = True
-) -> tuple[lmdb.Environment, dict[str, Any]]:
-    """Open (creating if absent) the store at ``path``; return the env and its databases.
+def open_env(path: Path, map_size: int, *, metasync: bool = True) -> lmdb.Environment:
+    """Open (creating if absent) the store at ``path``; everything lives in LMDB's main
+    database, split into tables by key prefix (see _keys).
 
     Commits always flush data (sync); ``metasync=False`` defers the metadata flush
     (LMDB's NOMETASYNC: an OS crash may undo the last commit, never corrupts).
@@ -133,7 +129,7 @@ def open_env(
             map_size=map_size,
             subdir=True,
             mode=0o600,
-            max_dbs=len(DB_NAMES),
+            max_dbs=0,
             max_readers=MAX_READERS,
             readahead=False,
             sync=True,
@@ -144,32 +140,24 @@ def open_env(
         raise StorageError(f"cannot open store at {str(path)!r}: {exc}") from exc
     try:
         env.reader_check()
-        dbs = _open_dbs(env, path, existing)
+        _init(env, path, existing)
     except BaseException:
         env.close()
         raise
-    return env, dbs
+    return env
 
 
-def _open_dbs(env: lmdb.Environment, path: Path, existing: bool) -> dict[str, Any]:
+def _init(env: lmdb.Environment, path: Path, existing: bool) -> None:
+    """Check an existing store's format marker (writing nothing), or write a new one's
+    (also for an empty environment: a first open that died before its first commit)."""
     try:
-        if existing:
+        if existing and env.stat()["entries"]:
             with env.begin() as txn:
-                names = set(env.dbs(txn))
-            if b"meta" not in names:
-                raise NotAStore(
-                    f"{str(path)!r} holds an LMDB environment that is not a steplog store"
-                )
-            meta = env.open_db(b"meta", create=False)
-            with env.begin(db=meta) as txn:
-                raw = txn.get(_keys.META_FORMAT)
-            _check_format(path, raw)
+                _check_format(path, txn.get(_keys.META_FORMAT))
+            return
         with env.begin(write=True) as txn:
-            dbs = {name: env.open_db(name.encode(), txn=txn) for name in DB_NAMES}
-            if not existing or txn.get(_keys.META_FORMAT, db=dbs["meta"]) is None:
-                marker = _FormatMarker(FORMAT_MAGIC, FORMAT_VERSION)
-                txn.put(_keys.META_FORMAT, msgspec.msgpack.encode(marker), db=dbs["meta"])
-        return dbs
+            marker = _FormatMarker(FORMAT_MAGIC, FORMAT_VERSION)
+            txn.put(_keys.META_FORMAT, msgspec.msgpack.encode(marker))
     except lmdb.Error as exc:
         raise StorageError(f"cannot open store at {str(path)!r}: {exc}") from exc
 

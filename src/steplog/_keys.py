@@ -1,9 +1,11 @@
-"""Key encodings of the LMDB named databases.
+"""Key encodings: the whole store is one LMDB B-tree, split into tables by a tag byte.
 
 Every key is built so that byte order equals logical order and no two logical keys
 share an encoding: integers are fixed-width big-endian, and variable-length ids are
-NUL-terminated (ids may not contain NUL), so one id is never a prefix of another's
-key range. See docs/ARCHITECTURE.md for the table of databases.
+NUL-terminated (ids may not contain NUL), so one id's range never contains another's.
+A run's records, header and node entries share one key range (its *segment*), so an
+append dirties the run's tail page rather than one page per index. See
+docs/ARCHITECTURE.md for the table.
 """
 
 from __future__ import annotations
@@ -15,34 +17,63 @@ _U64X2 = struct.Struct(">QQ")
 _U64X3 = struct.Struct(">QQQ")
 
 #: Longest id (run, workflow or node) in UTF-8 bytes. The longest key is
-#: 8 + id + 1 + 8 = 273 bytes, well under LMDB's 511-byte key limit.
+#: 1 + 8 + 1 + 256 + 1 + 8 = 275 bytes, under LMDB's 511-byte key limit.
 MAX_ID_BYTES = 256
 
 SEP = b"\x00"
-_AFTER_SEP = b"\x01"
 
-# meta database keys
-META_FORMAT = b"format"
-META_NEXT_RUN_NO = b"next_run_no"
+# table tags
+META = b"M"
+IDS = b"I"
+SEGMENT = b"S"
+WORKFLOWS = b"W"
+RECENT = b"G"
+CHILDREN = b"C"
+
+# within a segment
+_RECORD = b"\x00"
+_HEADER = b"\x01"
+_NODE = b"\x02"
+
+META_FORMAT = META + b"format"
+META_NEXT_RUN_NO = META + b"next_run_no"
 
 
-def log_key(run_no: int, index: int) -> bytes:
-    """``log``: (run number, index) -> record. A run's records are one contiguous range."""
-    return _U64X2.pack(run_no, index)
+def id_key(run_id: bytes) -> bytes:
+    """``I`` run id -> run number (u64)."""
+    return IDS + run_id
+
+
+def segment_prefix(run_no: int) -> bytes:
+    """Every key of one run: its records, header and node entries."""
+    return SEGMENT + U64.pack(run_no)
 
 
 def log_prefix(run_no: int) -> bytes:
-    return U64.pack(run_no)
+    return SEGMENT + U64.pack(run_no) + _RECORD
 
 
-def split_log_key(key: bytes) -> tuple[int, int]:
-    run_no, index = _U64X2.unpack(key)
-    return run_no, index
+def log_key(run_no: int, index: int) -> bytes:
+    """``S`` run number, 0x00, index -> record."""
+    return SEGMENT + U64.pack(run_no) + _RECORD + U64.pack(index)
+
+
+LOG_KEY_SIZE = 1 + 8 + 1 + 8
+
+
+def log_index(key: bytes) -> int:
+    index: int = U64.unpack_from(key, 10)[0]
+    return index
+
+
+def header_key(run_no: int) -> bytes:
+    """``S`` run number, 0x01 -> run header."""
+    return SEGMENT + U64.pack(run_no) + _HEADER
 
 
 def node_prefix(run_no: int, node: bytes) -> bytes:
-    """``nodes``: (run number, node, index) -> empty; this prefix selects one node of one run."""
-    return U64.pack(run_no) + node + SEP
+    """``S`` run number, 0x02, node, NUL, index -> empty: one node's checkpoints."""
+    return SEGMENT + U64.pack(run_no) + _NODE + node + SEP
 
 
 def node_key(run_no: int, node: bytes, index: int) -> bytes:
@@ -50,28 +81,28 @@ def node_key(run_no: int, node: bytes, index: int) -> bytes:
 
 
 def workflow_prefix(workflow: bytes) -> bytes:
-    """``workflows``: (workflow, recency seq) -> run id; newest run of a workflow is last."""
-    return workflow + SEP
+    """``W`` workflow, NUL, seq -> run number; a workflow's newest run is last."""
+    return WORKFLOWS + workflow + SEP
 
 
 def workflow_key(workflow: bytes, seq: int) -> bytes:
-    return workflow + SEP + U64.pack(seq)
+    return WORKFLOWS + workflow + SEP + U64.pack(seq)
 
 
 def recent_key(seq: int) -> bytes:
-    """``recent``: recency seq -> run id, over all runs; newest is last."""
-    return U64.pack(seq)
+    """``G`` seq -> run number, over all runs; the newest is last."""
+    return RECENT + U64.pack(seq)
 
 
 def child_prefix(parent_run_no: int, parent_index: int | None = None) -> bytes:
-    """``children``: (parent run number, parent index, child run number) -> child run id."""
+    """``C`` parent run number, parent index, child run number -> child run id."""
     if parent_index is None:
-        return U64.pack(parent_run_no)
-    return _U64X2.pack(parent_run_no, parent_index)
+        return CHILDREN + U64.pack(parent_run_no)
+    return CHILDREN + _U64X2.pack(parent_run_no, parent_index)
 
 
 def child_key(parent_run_no: int, parent_index: int, child_run_no: int) -> bytes:
-    return _U64X3.pack(parent_run_no, parent_index, child_run_no)
+    return CHILDREN + _U64X3.pack(parent_run_no, parent_index, child_run_no)
 
 
 def prefix_end(prefix: bytes) -> bytes | None:

@@ -73,6 +73,7 @@ class _RunHeader(msgspec.Struct, array_like=True):
     """``runs`` value: the run's segment header."""
 
     run_no: int
+    run_id: str
     workflow_id: str | None
     created_ns: int
     updated_ns: int
@@ -176,15 +177,8 @@ class Store:
         self._gate = _env.Gate()
         self._cache = _cache.LatestCache(cache_size)
         self._forked = False
-        env, dbs = _env.open_env(self.path, map_size, metasync=self.durability is Durability.FULL)
+        env = _env.open_env(self.path, map_size, metasync=self.durability is Durability.FULL)
         self._env: lmdb.Environment | None = env
-        self._meta = dbs["meta"]
-        self._runs = dbs["runs"]
-        self._log = dbs["log"]
-        self._nodes = dbs["nodes"]
-        self._workflows = dbs["workflows"]
-        self._recent = dbs["recent"]
-        self._children = dbs["children"]
         self._writer = _writer.Writer(self._session, self._grow_map, self._adopt_map_size)
         _open_stores.add(self)
 
@@ -259,13 +253,20 @@ class Store:
     # ------------------------------------------------------------------ helpers (in txn)
 
     def _header(self, txn: Txn, rid: bytes) -> _RunHeader | None:
-        raw = txn.get(rid, db=self._runs)
+        """The header of the run named ``rid`` (UTF-8 id), or None."""
+        raw = txn.get(_keys.id_key(rid))
+        if raw is None:
+            return None
+        return self._header_by_no(txn, U64.unpack(raw)[0], rid.decode())
+
+    def _header_by_no(self, txn: Txn, run_no: int, run_id: str = "?") -> _RunHeader | None:
+        raw = txn.get(_keys.header_key(run_no))
         if raw is None:
             return None
         try:
             return _HEADER_DECODER.decode(raw)
         except msgspec.DecodeError:
-            raise CorruptRecord(rid.decode(), -1, "run header does not decode") from None
+            raise CorruptRecord(run_id, -1, "run header does not decode") from None
 
     def _require(self, txn: Txn, rid: bytes) -> _RunHeader:
         hdr = self._header(txn, rid)
@@ -274,13 +275,13 @@ class Store:
         return hdr
 
     def _counter(self, txn: Txn, key: bytes) -> int:
-        raw = txn.get(key, db=self._meta)
+        raw = txn.get(key)
         value = U64.unpack(raw)[0] + 1 if raw is not None else 1
-        txn.put(key, U64.pack(value), db=self._meta)
+        txn.put(key, U64.pack(value))
         return value
 
     def _raw_record(self, txn: Txn, hdr: _RunHeader, run_id: str, index: int) -> bytes:
-        raw = txn.get(_keys.log_key(hdr.run_no, index), db=self._log)
+        raw = txn.get(_keys.log_key(hdr.run_no, index))
         if raw is None:
             raise CorruptRecord(run_id, index, "record missing from a run's dense range")
         return raw
@@ -380,17 +381,21 @@ class Store:
             parent_index=hdr.parent_index,
         )
 
-    def _set_recency(self, txn: Txn, rid: bytes, old: _RunHeader | None, new: _RunHeader) -> None:
-        """Move the run's entries in ``recent`` and ``workflows`` from old.seq to new.seq."""
+    def _set_recency(self, txn: Txn, old: _RunHeader | None, new: _RunHeader) -> None:
+        """Write the run's header; move its recency entries (global and workflow) from
+        old.seq to new.seq; a new run (``old`` None) also gets its id entry."""
         if old is not None:
-            txn.delete(_keys.recent_key(old.seq), db=self._recent)
+            txn.delete(_keys.recent_key(old.seq))
             if old.workflow_id is not None:
                 wf = old.workflow_id.encode()
-                txn.delete(_keys.workflow_key(wf, old.seq), db=self._workflows)
-        txn.put(_keys.recent_key(new.seq), rid, db=self._recent)
+                txn.delete(_keys.workflow_key(wf, old.seq))
+        run_no = U64.pack(new.run_no)
+        if old is None:
+            txn.put(_keys.id_key(new.run_id.encode()), run_no)
+        txn.put(_keys.recent_key(new.seq), run_no)
         if new.workflow_id is not None:
-            txn.put(_keys.workflow_key(new.workflow_id.encode(), new.seq), rid, db=self._workflows)
-        txn.put(rid, _HEADER_ENCODER.encode(new), db=self._runs)
+            txn.put(_keys.workflow_key(new.workflow_id.encode(), new.seq), run_no)
+        txn.put(_keys.header_key(new.run_no), _HEADER_ENCODER.encode(new))
 
     def _encode(self, run_id: str, node: str | None, metadata: dict[str, Any], state: Any) -> bytes:
         payload = _record.encode_payload(run_id, node, metadata, state)
@@ -428,9 +433,9 @@ class Store:
             )
         depth = body.depth
         record = _record.frame(body, seq=seq, created_ns=created_ns, status=status)
-        txn.put(_keys.log_key(hdr.run_no, index), record, db=self._log)
+        txn.put(_keys.log_key(hdr.run_no, index), record)
         if node is not None:
-            txn.put(_keys.node_key(hdr.run_no, node, index), b"", db=self._nodes)
+            txn.put(_keys.node_key(hdr.run_no, node, index), b"")
         new = msgspec.structs.replace(
             hdr,
             length=index + 1,
@@ -438,15 +443,15 @@ class Store:
             status=_record.STATUS_CODES[status],
             seq=seq,
         )
-        self._set_recency(txn, rid, old, new)
+        self._set_recency(txn, old, new)
         latest = Latest(index, seq, depth, payload)
         batch.scratch[hdr.run_no] = latest
         batch.after_commit.append(lambda: self._cache.put(run_id, latest))
         return new
 
-    def _last_with_prefix(self, txn: Txn, db: Any, prefix: bytes) -> tuple[bytes, bytes] | None:
+    def _last_with_prefix(self, txn: Txn, prefix: bytes) -> tuple[bytes, bytes] | None:
         """The greatest (key, value) whose key starts with ``prefix``."""
-        cur = txn.cursor(db=db)
+        cur = txn.cursor()
         end = _keys.prefix_end(prefix)
         positioned = cur.set_range(end) if end is not None else False
         found = cur.prev() if positioned else cur.last()
@@ -578,6 +583,7 @@ class Store:
             now = time.time_ns()
             hdr = _RunHeader(
                 run_no=self._counter(txn, _keys.META_NEXT_RUN_NO),
+                run_id=req.run_id,
                 workflow_id=req.workflow_id,
                 created_ns=now,
                 updated_ns=now,
@@ -663,6 +669,7 @@ class Store:
             now = time.time_ns()
             hdr = _RunHeader(
                 run_no=self._counter(txn, _keys.META_NEXT_RUN_NO),
+                run_id=new_run_id,
                 workflow_id=workflow_id if wf is not None else parent.workflow_id,
                 created_ns=now,
                 updated_ns=now,
@@ -674,7 +681,7 @@ class Store:
                 parent_run_no=parent.run_no,
             )
             node = origin.node.encode() if origin.node is not None else None
-            txn.put(_keys.child_key(parent.run_no, at, hdr.run_no), dst, db=self._children)
+            txn.put(_keys.child_key(parent.run_no, at, hdr.run_no), dst)
             new = self._put_checkpoint(
                 txn, dst, None, hdr, node, payload, origin.status, batch, new_run_id
             )
@@ -733,13 +740,13 @@ class Store:
             else:
                 seq = batch.next_seq()
                 updated, status = max(time.time_ns(), hdr.updated_ns), _NO_STATUS
-            txn.delete(_keys.log_key(hdr.run_no, index), db=self._log)
+            txn.delete(_keys.log_key(hdr.run_no, index))
             if gone.node is not None:
-                txn.delete(_keys.node_key(hdr.run_no, gone.node.encode(), index), db=self._nodes)
+                txn.delete(_keys.node_key(hdr.run_no, gone.node.encode(), index))
             new = msgspec.structs.replace(
                 hdr, length=index, seq=seq, updated_ns=updated, status=status
             )
-            self._set_recency(txn, rid, hdr, new)
+            self._set_recency(txn, hdr, new)
             self._forget(batch, run_id, hdr.run_no)
             return gone
 
@@ -747,7 +754,7 @@ class Store:
 
     def _children_at(self, txn: Txn, run_no: int, index: int | None) -> list[str]:
         prefix = _keys.child_prefix(run_no, index)
-        cur = txn.cursor(db=self._children)
+        cur = txn.cursor()
         out: list[str] = []
         if cur.set_range(prefix):
             for key, value in cur:
@@ -766,21 +773,15 @@ class Store:
 
         def op(txn: Txn, batch: Batch) -> int:
             hdr = self._require(txn, rid)
-            for db, prefix in (
-                (self._log, _keys.log_prefix(hdr.run_no)),
-                (self._nodes, _keys.log_prefix(hdr.run_no)),
-                (self._children, _keys.child_prefix(hdr.run_no)),
-            ):
-                self._delete_prefix(txn, db, prefix)
+            self._delete_prefix(txn, _keys.segment_prefix(hdr.run_no))
+            self._delete_prefix(txn, _keys.child_prefix(hdr.run_no))
             if hdr.parent_run_no is not None and hdr.parent_index is not None:
                 key = _keys.child_key(hdr.parent_run_no, hdr.parent_index, hdr.run_no)
-                txn.delete(key, db=self._children)
-            txn.delete(_keys.recent_key(hdr.seq), db=self._recent)
+                txn.delete(key)
+            txn.delete(_keys.recent_key(hdr.seq))
             if hdr.workflow_id is not None:
-                txn.delete(
-                    _keys.workflow_key(hdr.workflow_id.encode(), hdr.seq), db=self._workflows
-                )
-            txn.delete(rid, db=self._runs)
+                txn.delete(_keys.workflow_key(hdr.workflow_id.encode(), hdr.seq))
+            txn.delete(_keys.id_key(rid))
             self._forget(batch, run_id, hdr.run_no)
             return hdr.length
 
@@ -792,8 +793,8 @@ class Store:
         batch.after_commit.append(lambda: self._cache.discard(run_id))
 
     @staticmethod
-    def _delete_prefix(txn: Txn, db: Any, prefix: bytes) -> None:
-        cur = txn.cursor(db=db)
+    def _delete_prefix(txn: Txn, prefix: bytes) -> None:
+        cur = txn.cursor()
         if not cur.set_range(prefix):
             return
         while cur.key().startswith(prefix):
@@ -831,9 +832,7 @@ class Store:
             if hdr is None or hdr.length == 0:
                 return None
             if node_b is not None:
-                hit = self._last_with_prefix(
-                    txn, self._nodes, _keys.node_prefix(hdr.run_no, node_b)
-                )
+                hit = self._last_with_prefix(txn, _keys.node_prefix(hdr.run_no, node_b))
                 if hit is None:
                     return None
                 at = U64.unpack(hit[0][-8:])[0]
@@ -864,18 +863,9 @@ class Store:
         prefix = _keys.workflow_prefix(_validate.ident(workflow_id, "workflow_id"))
 
         def op(txn: Txn) -> Checkpoint | None:
-            cur = txn.cursor(db=self._workflows)
-            end = _keys.prefix_end(prefix)
-            ok = cur.set_range(end) if end is not None else False
-            ok = cur.prev() if ok else cur.last()
-            while ok and cur.key().startswith(prefix):
-                rid = cur.value()
-                hdr = self._header(txn, rid)
-                if hdr is not None and hdr.length > 0:
-                    run_id = rid.decode()
-                    at = hdr.length - 1
-                    return self._checkpoint(txn, run_id, hdr, at)
-                ok = cur.prev()
+            for hdr in self._newest_first(txn, prefix):
+                if hdr.length > 0:
+                    return self._checkpoint(txn, hdr.run_id, hdr, hdr.length - 1)
             return None
 
         return self._read(op)
@@ -901,30 +891,33 @@ class Store:
         wf = _validate.optional_ident(workflow_id, "workflow_id")
         want = None if status is None else _record.STATUS_CODES[_validate.status(status)]
         cap = _validate.optional_nonnegative(limit, "limit")
-        if wf is not None:
-            db, prefix = self._workflows, _keys.workflow_prefix(wf)
-        else:
-            db, prefix = self._recent, b""
+        prefix = _keys.workflow_prefix(wf) if wf is not None else _keys.RECENT
 
         def op(txn: Txn) -> list[RunInfo]:
             out: list[RunInfo] = []
             if cap == 0:
                 return out
-            cur = txn.cursor(db=db)
-            end = _keys.prefix_end(prefix) if prefix else None
-            ok = cur.set_range(end) if end is not None else False
-            ok = cur.prev() if ok else cur.last()
-            while ok and cur.key().startswith(prefix):
-                rid = cur.value()
-                hdr = self._header(txn, rid)
-                if hdr is not None and (want is None or hdr.status == want):
-                    out.append(self._info(rid.decode(), hdr))
+            for hdr in self._newest_first(txn, prefix):
+                if want is None or hdr.status == want:
+                    out.append(self._info(hdr.run_id, hdr))
                     if cap is not None and len(out) >= cap:
                         break
-                ok = cur.prev()
             return out
 
         return self._read(op)
+
+    def _newest_first(self, txn: Txn, prefix: bytes) -> Iterator[_RunHeader]:
+        """Headers of the runs listed under a recency ``prefix`` (global or one
+        workflow's), most recently updated first."""
+        cur = txn.cursor()
+        end = _keys.prefix_end(prefix)
+        ok = cur.set_range(end) if end is not None else False
+        ok = cur.prev() if ok else cur.last()
+        while ok and cur.key().startswith(prefix):
+            hdr = self._header_by_no(txn, U64.unpack(cur.value())[0])
+            if hdr is not None:
+                yield hdr
+            ok = cur.prev()
 
     def history(
         self,
@@ -957,6 +950,7 @@ class Store:
         # change, but the tail may be deleted and re-appended between chunks: the
         # carried seq is checked against the stored record before it is trusted.
         prev: tuple[int, int, bytes] | None = None
+        segment = _keys.log_prefix(hdr.run_no)
         at = first
         while at < last:
             chunk_end = min(at + HISTORY_CHUNK, last)
@@ -968,19 +962,21 @@ class Store:
                 carried: tuple[int, int, bytes] | None = prev,
             ) -> tuple[list[Checkpoint], tuple[int, int, bytes] | None]:
                 if carried is not None:
-                    raw_prev = txn.get(_keys.log_key(hdr.run_no, carried[0]), db=self._log)
+                    raw_prev = txn.get(_keys.log_key(hdr.run_no, carried[0]))
                     if raw_prev is None or (
                         _record.read_header(run_id, carried[0], raw_prev).seq != carried[1]
                     ):
                         carried = None
-                cur = txn.cursor(db=self._log)
+                cur = txn.cursor()
                 out: list[Checkpoint] = []
                 if not cur.set_key(_keys.log_key(hdr.run_no, lo)):
                     return out, carried
                 limit = self.max_record_size
                 for key, raw in cur:
-                    run_no, index = _keys.split_log_key(key)
-                    if run_no != hdr.run_no or index >= hi:
+                    if len(key) != _keys.LOG_KEY_SIZE or not key.startswith(segment):
+                        break
+                    index = _keys.log_index(key)
+                    if index >= hi:
                         break
                     head = _record.read_header(run_id, index, raw)
                     if head.depth and (carried is None or carried[0] != index - 1):
@@ -1008,11 +1004,11 @@ class Store:
         def op(txn: Txn) -> list[RunInfo]:
             hdr = self._require(txn, rid)
             chain = [self._info(run_id, hdr)]
-            while hdr.parent_run_id is not None:
-                parent = self._header(txn, hdr.parent_run_id.encode())
-                if parent is None or parent.run_no != hdr.parent_run_no:
+            while hdr.parent_run_no is not None:
+                parent = self._header_by_no(txn, hdr.parent_run_no)
+                if parent is None:  # purged (a reused id would have another run_no)
                     break
-                chain.append(self._info(hdr.parent_run_id, parent))
+                chain.append(self._info(parent.run_id, parent))
                 hdr = parent
             return chain
 
