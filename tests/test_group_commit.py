@@ -129,10 +129,10 @@ def test_durability_modes(path: Path) -> None:
             store.append("r", mode if isinstance(mode, str) else mode.value)
             assert store.durability in (Durability.FULL, Durability.FAST)
     with steplog.open(path, durability="fast") as store:
-        assert store._env.flags()["metasync"] is False
-        assert store._env.flags()["sync"] is True
+        assert store._live_env().flags()["metasync"] is False
+        assert store._live_env().flags()["sync"] is True
     with steplog.open(path) as store:
-        assert store._env.flags()["metasync"] is True
+        assert store._live_env().flags()["metasync"] is True
         assert store.run("r").length == 3
     for bad in ("nosync", "writemap", None, 3):
         with pytest.raises(InvalidArgument, match="durability"):

@@ -67,23 +67,29 @@ class Gate:
         finally:
             self.leave()
 
-    @contextmanager
-    def exclusive(self) -> Iterator[None]:
+    def acquire_exclusive(self) -> None:
         with self._cond:
             while self._exclusive:
                 self._cond.wait()
             self._exclusive = True
             while self._active:
                 self._cond.wait()
+
+    def release_exclusive(self) -> None:
+        with self._cond:
+            self._exclusive = False
+            self._cond.notify_all()
+
+    @contextmanager
+    def exclusive(self) -> Iterator[None]:
+        self.acquire_exclusive()
         try:
             yield
         finally:
-            with self._cond:
-                self._exclusive = False
-                self._cond.notify_all()
+            self.release_exclusive()
 
 
-def _private_dir(path: Path) -> None:
+def private_dir(path: Path) -> None:
     if path.exists():
         if not path.is_dir():
             raise NotAStore(f"{str(path)!r} is not a directory, so not a steplog store")
@@ -112,7 +118,7 @@ def open_env(path: Path, map_size: int, *, metasync: bool = True) -> lmdb.Enviro
     Commits always flush data (sync); ``metasync=False`` defers the metadata flush
     (LMDB's NOMETASYNC: an OS crash may undo the last commit, never corrupts).
     """
-    _private_dir(path)
+    private_dir(path)
     existing = (path / "data.mdb").exists()
     if not existing:
         others = [p.name for p in path.iterdir()]
@@ -135,6 +141,7 @@ def open_env(path: Path, map_size: int, *, metasync: bool = True) -> lmdb.Enviro
             sync=True,
             metasync=metasync,
             writemap=False,
+            max_spare_txns=0,
         )
     except lmdb.Error as exc:
         raise StorageError(f"cannot open store at {str(path)!r}: {exc}") from exc

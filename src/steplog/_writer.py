@@ -33,6 +33,9 @@ if TYPE_CHECKING:
 
 T = TypeVar("T")
 
+#: Every this many commits the leader clears reader slots left by dead processes
+#: (they pin old pages, so the file would grow, and fill the reader table).
+READER_CHECK_EVERY = 1000
 #: Most operations in one commit: bounds the latency a batch adds to its first caller
 #: and the size of one transaction's dirty page list.
 MAX_BATCH = 512
@@ -87,8 +90,10 @@ class Writer:
         session: Callable[[], AbstractContextManager[lmdb.Environment]],
         on_map_full: Callable[[], None],
         on_map_resized: Callable[[], None],
+        maintain: Callable[[], None],
     ) -> None:
         self._session = session
+        self._maintain = maintain
         self._on_map_full = on_map_full
         self._on_map_resized = on_map_resized
         self._queue: deque[_Pending[Any]] = deque()
@@ -140,9 +145,13 @@ class Writer:
         try:
             while True:
                 try:
+                    committed = self.commits
                     self._attempt(live)
+                    if self.commits != committed and self.commits % READER_CHECK_EVERY == 0:
+                        self._tidy()
                     break
                 except lmdb.MapFullError:
+                    self._tidy()  # freeing dead readers' pages may avoid growing
                     self._on_map_full()
                 except lmdb.MapResizedError:
                     self._on_map_resized()
@@ -199,6 +208,13 @@ class Writer:
             except BaseException:
                 txn.abort()
                 raise
+
+    def _tidy(self) -> None:
+        """Best-effort maintenance; its failure must not fail committed writes."""
+        try:
+            self._maintain()
+        except (lmdb.Error, StoreClosed):
+            pass
 
 
 def _outcome(pending: _Pending[T]) -> T:

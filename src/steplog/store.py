@@ -10,7 +10,6 @@ from __future__ import annotations
 import enum
 import os
 import time
-import weakref
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import asdict, is_dataclass
@@ -21,7 +20,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import lmdb
 import msgspec
 
-from steplog import _cache, _env, _keys, _record, _validate, _writer
+from steplog import _cache, _engine, _env, _keys, _record, _validate
 from steplog._cache import Latest
 from steplog._keys import U64
 from steplog._writer import Batch
@@ -57,16 +56,6 @@ HISTORY_CHUNK = 256
 T = TypeVar("T")
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _NO_STATUS = -1
-
-_open_stores: weakref.WeakSet[Store] = weakref.WeakSet()
-
-
-def _after_fork_in_child() -> None:
-    for store in list(_open_stores):
-        store._forked = True
-
-
-os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 class _RunHeader(msgspec.Struct, array_like=True):
@@ -142,7 +131,9 @@ def open(
 
 
 class Store:
-    """A steplog store. Thread-safe; use one per process (open it after fork())."""
+    """A handle on a steplog store. Thread-safe. Handles on one directory in one
+    process share its files, writer and cache; a handle cannot cross fork() (open the
+    store in the child)."""
 
     def __init__(
         self,
@@ -173,26 +164,23 @@ class Store:
             raise InvalidArgument(f"path must be a str or path, not {type(path).__name__}")
         self.path = Path(path)
         self.max_record_size = max_record_size
-        self._max_map_size = max_map_size
-        self._gate = _env.Gate()
-        self._cache = _cache.LatestCache(cache_size)
-        self._forked = False
-        env = _env.open_env(self.path, map_size, metasync=self.durability is Durability.FULL)
-        self._env: lmdb.Environment | None = env
-        self._writer = _writer.Writer(self._session, self._grow_map, self._adopt_map_size)
-        _open_stores.add(self)
+        engine = _engine.acquire(
+            self.path, self.durability is Durability.FULL, map_size, max_map_size, cache_size
+        )
+        self._engine: _engine.Engine | None = engine
+        self._gate = engine.gate
+        self._cache = engine.cache
+        self._writer = engine.writer
 
     # ------------------------------------------------------------------ lifecycle
 
     def close(self) -> None:
-        """Commit queued writes, then close the store. Idempotent; later calls raise
+        """Close this handle (the store's files close with the last handle in the
+        process, after queued writes commit). Idempotent; later calls raise
         StoreClosed."""
-        if not self._forked:
-            self._writer.close()
-        with self._gate.exclusive():
-            env, self._env = self._env, None
-            if env is not None and not self._forked:
-                env.close()
+        engine, self._engine = self._engine, None
+        if engine is not None:
+            _engine.release(engine)
 
     def __enter__(self) -> Store:
         return self
@@ -201,15 +189,10 @@ class Store:
         self.close()
 
     def _live_env(self) -> lmdb.Environment:
-        env = self._env
-        if env is None:
+        engine = self._engine
+        if engine is None:
             raise StoreClosed(f"the store at {str(self.path)!r} is closed")
-        if self._forked:
-            raise StoreClosed(
-                f"the store at {str(self.path)!r} was opened before this process was "
-                "forked; open it again in the child (a handle cannot cross fork())"
-            )
-        return env
+        return engine.live()
 
     # ------------------------------------------------------------------ transactions
 
@@ -224,31 +207,20 @@ class Store:
                 finally:
                     gate.leave()
             except lmdb.MapResizedError:
-                self._adopt_map_size()
+                self._live_engine().adopt_map_size()
             except lmdb.Error as exc:
                 raise StorageError(f"read from {str(self.path)!r} failed: {exc}") from exc
 
-    @contextmanager
-    def _session(self) -> Iterator[lmdb.Environment]:
-        """The live environment, held safe from a map resize while in use."""
-        with self._gate.shared():
-            yield self._live_env()
+    def _live_engine(self) -> _engine.Engine:
+        engine = self._engine
+        if engine is None:
+            raise StoreClosed(f"the store at {str(self.path)!r} is closed")
+        engine.live()
+        return engine
 
     def _write(self, op: Callable[[Txn, Batch], T]) -> T:
         self._live_env()
         return self._writer.submit(op)
-
-    def _grow_map(self) -> None:
-        with self._gate.exclusive():
-            env = self._live_env()
-            info = env.info()
-            page = env.stat()["psize"]
-            used = (info["last_pgno"] + 1) * page
-            env.set_mapsize(_env.next_map_size(info["map_size"], used, self._max_map_size))
-
-    def _adopt_map_size(self) -> None:
-        with self._gate.exclusive():
-            self._live_env().set_mapsize(0)
 
     # ------------------------------------------------------------------ helpers (in txn)
 

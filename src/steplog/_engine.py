@@ -1,0 +1,161 @@
+"""One open LMDB environment per store directory per process, shared by its handles.
+
+LMDB forbids opening the same environment twice in one process, so every
+:class:`~steplog.Store` (and AsyncStore) on a directory shares one :class:`Engine`:
+the environment, its resize gate, its group-commit writer and its payload cache.
+The engine closes when its last handle does.
+
+fork(): a handle cannot cross fork(). Before a fork, each engine's gate is taken
+exclusively (no transaction of this process is open while the address space is
+copied); in the child, inherited engines are marked forked, their environments are
+closed without touching state shared with the parent, and the store can be opened
+afresh.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import lmdb
+
+from steplog import _cache, _env, _writer
+from steplog.errors import InvalidArgument, StoreClosed
+
+
+class Engine:
+    def __init__(
+        self, path: Path, metasync: bool, map_size: int, max_map_size: int | None, cache_size: int
+    ) -> None:
+        self.path = path
+        self.metasync = metasync
+        self.max_map_size = max_map_size
+        self.env: lmdb.Environment | None = _env.open_env(path, map_size, metasync=metasync)
+        self.gate = _env.Gate()
+        self.cache = _cache.LatestCache(cache_size)
+        self.writer = _writer.Writer(
+            self.session, self.grow_map, self.adopt_map_size, self.reclaim_readers
+        )
+        self.handles = 0
+        self.forked = False
+
+    def live(self) -> lmdb.Environment:
+        env = self.env
+        if self.forked:
+            raise StoreClosed(
+                f"the store at {str(self.path)!r} was opened before this process was "
+                "forked; open it again in the child (a handle cannot cross fork())"
+            )
+        if env is None:
+            raise StoreClosed(f"the store at {str(self.path)!r} is closed")
+        return env
+
+    @contextmanager
+    def session(self) -> Iterator[lmdb.Environment]:
+        """The live environment, held safe from a map resize while in use."""
+        self.gate.enter()
+        try:
+            yield self.live()
+        finally:
+            self.gate.leave()
+
+    def grow_map(self) -> None:
+        with self.gate.exclusive():
+            env = self.live()
+            info = env.info()
+            used = (info["last_pgno"] + 1) * env.stat()["psize"]
+            env.set_mapsize(_env.next_map_size(info["map_size"], used, self.max_map_size))
+
+    def adopt_map_size(self) -> None:
+        """Another process grew the map: map the new size."""
+        with self.gate.exclusive():
+            self.live().set_mapsize(0)
+
+    def reclaim_readers(self) -> int:
+        """Free reader slots of processes that died mid-read; return how many."""
+        with self.session() as env:
+            return int(env.reader_check())
+
+    def close(self) -> None:
+        self.writer.close()
+        with self.gate.exclusive():
+            env, self.env = self.env, None
+            if env is not None:
+                env.close()
+
+
+_lock = threading.Lock()
+_engines: dict[tuple[int, int], Engine] = {}
+
+
+def acquire(
+    path: Path, metasync: bool, map_size: int, max_map_size: int | None, cache_size: int
+) -> Engine:
+    """The engine of the store at ``path``, opening it if this process has not."""
+    with _lock:
+        _env.private_dir(path)
+        st = os.stat(path)
+        key = (st.st_dev, st.st_ino)
+        engine = _engines.get(key)
+        if engine is not None and engine.env is not None and not engine.forked:
+            if engine.metasync != metasync:
+                raise InvalidArgument(
+                    f"the store at {str(path)!r} is already open in this process with "
+                    "another durability; open it with the same one"
+                )
+        else:
+            engine = _engines[key] = Engine(path, metasync, map_size, max_map_size, cache_size)
+        engine.handles += 1
+        return engine
+
+
+def release(engine: Engine) -> None:
+    """A handle closed; close the engine with its last handle."""
+    with _lock:
+        engine.handles -= 1
+        if engine.handles > 0:
+            return
+        for key, known in list(_engines.items()):
+            if known is engine:
+                del _engines[key]
+    if not engine.forked:
+        engine.close()
+
+
+def _before_fork() -> None:
+    _lock.acquire()
+    for engine in _engines.values():
+        engine.gate.acquire_exclusive()
+
+
+def _after_fork_in_parent() -> None:
+    for engine in _engines.values():
+        engine.gate.release_exclusive()
+    _lock.release()
+
+
+def _after_fork_in_child() -> None:
+    for engine in _engines.values():
+        engine.forked = True
+        env, engine.env = engine.env, None
+        if env is not None:
+            # No transaction was open at fork time (the gate was held), so closing
+            # only unmaps and closes this process's descriptors; the parent's reader
+            # slots and locks are untouched.
+            try:
+                env.close()
+            except lmdb.Error:
+                pass
+        engine.gate.release_exclusive()
+    _engines.clear()
+    _lock.release()
+
+
+os.register_at_fork(
+    before=_before_fork,
+    after_in_parent=_after_fork_in_parent,
+    after_in_child=_after_fork_in_child,
+)

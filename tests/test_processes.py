@@ -1,0 +1,181 @@
+"""Many handles and many processes on one store directory."""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+import steplog
+from steplog import IndexConflict, InvalidArgument, StoreClosed
+
+SPAWN = multiprocessing.get_context("spawn")
+
+
+@pytest.fixture
+def path(tmp_path: Path) -> Path:
+    return tmp_path / "s"
+
+
+def test_handles_in_one_process_share_the_store(path: Path) -> None:
+    a = steplog.open(path)
+    b = steplog.open(path)
+    a.append("r", 1)
+    assert b.load("r").state == 1
+    b.append("r", 2)
+    a.close()
+    assert b.load("r").index == 1
+    with pytest.raises(StoreClosed):
+        a.load("r")
+    b.close()
+    with steplog.open(path) as c:
+        assert c.run("r").length == 2
+
+
+def test_second_handle_must_agree_on_durability(path: Path) -> None:
+    with steplog.open(path, durability="fast"):
+        with pytest.raises(InvalidArgument, match="durability"):
+            steplog.open(path, durability="full")
+
+
+def test_child_after_fork_opens_afresh(path: Path) -> None:
+    store = steplog.open(path)
+    store.append("r", "parent")
+    pid = os.fork()
+    if pid == 0:
+        code = 0
+        try:
+            try:
+                store.load("r")
+                code = 2
+            except StoreClosed:
+                pass
+            with steplog.open(path) as mine:
+                mine.append("r", "child")
+        except BaseException:
+            code = 3
+        os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert [c.state for c in store.history("r")] == ["parent", "child"]
+    store.close()
+
+
+def _cas_worker(path: str, proc: int, threads: int, calls: int, out: multiprocessing.Queue) -> None:
+    wins: list[tuple[int, str]] = []
+    losses = 0
+    lock = threading.Lock()
+    with steplog.open(path, durability="fast") as store:
+
+        def loop(t: int) -> None:
+            nonlocal losses
+            for i in range(calls):
+                latest = store.load("shared")
+                nxt = latest.index + 1 if latest else 0
+                tag = f"{proc}.{t}.{i}"
+                try:
+                    cp = store.append("shared", {"tag": tag}, expected_index=nxt)
+                except IndexConflict as exc:
+                    assert exc.actual > nxt
+                    with lock:
+                        losses += 1
+                else:
+                    assert cp.index == nxt
+                    with lock:
+                        wins.append((cp.index, tag))
+
+        ts = [threading.Thread(target=loop, args=(t,)) for t in range(threads)]
+        for th in ts:
+            th.start()
+        for th in ts:
+            th.join()
+    out.put((wins, losses))
+
+
+def test_compare_and_append_holds_across_processes(path: Path) -> None:
+    procs, threads, calls = 8, 4, 500
+    steplog.open(path).close()
+    out = SPAWN.Queue()
+    workers = [
+        SPAWN.Process(target=_cas_worker, args=(str(path), p, threads, calls, out))
+        for p in range(procs)
+    ]
+    for w in workers:
+        w.start()
+    results = [out.get(timeout=300) for _ in workers]
+    for w in workers:
+        w.join(timeout=60)
+        assert w.exitcode == 0
+    wins = sorted(win for ws, _ in results for win in ws)
+    losses = sum(lost for _, lost in results)
+    assert len(wins) + losses == procs * threads * calls
+    with steplog.open(path) as store:
+        history = [(c.index, c.state["tag"]) for c in store.history("shared")]
+    assert [i for i, _ in history] == list(range(len(history)))  # dense
+    assert history == wins  # every acknowledged win is there, exactly once
+
+
+def test_map_grown_by_another_process(path: Path) -> None:
+    with steplog.open(path, map_size=256 << 10) as store:
+        store.append("mine", "before")
+        script = (
+            "import os, sys, steplog\n"
+            "with steplog.open(sys.argv[1], map_size=256 << 10) as s:\n"
+            "    for i in range(40): s.append('theirs', os.urandom(100_000).hex())\n"
+        )
+        subprocess.run([sys.executable, "-c", script, str(path)], check=True)
+        assert store.run("theirs").length == 40
+        assert len(store.load("theirs", 39).state) == 200_000
+        store.append("mine", os.urandom(300_000).hex())
+        assert store.run("mine").length == 2
+
+
+def test_stale_reader_slot_of_a_killed_process_is_reclaimed(path: Path) -> None:
+    import lmdb
+
+    from steplog import _writer
+
+    script = (
+        "import os, signal, sys, lmdb\n"
+        "env = lmdb.open(sys.argv[1])\n"
+        "txn = env.begin()\n"
+        "print(os.getpid(), flush=True)\n"
+        "os.kill(os.getpid(), signal.SIGKILL)\n"
+    )
+    with steplog.open(path, durability="fast") as store:  # held open: the slot persists
+        store.append("r", 0)
+        proc = subprocess.run(
+            [sys.executable, "-c", script, str(path)], capture_output=True, text=True
+        )
+        assert proc.returncode == -signal.SIGKILL
+        dead_pid = proc.stdout.strip()
+        assert dead_pid in store._live_env().readers()
+        for i in range(_writer.READER_CHECK_EVERY):
+            store.append("r", i)
+        assert dead_pid not in store._live_env().readers()
+    env = lmdb.open(str(path), readonly=True)
+    env.close()
+
+
+def test_appends_from_many_processes_interleave(path: Path) -> None:
+    script = (
+        "import sys, steplog\n"
+        "with steplog.open(sys.argv[1]) as s:\n"
+        "    for i in range(50): s.append('shared', {'p': sys.argv[2], 'i': i})\n"
+    )
+    start = time.monotonic()
+    procs = [subprocess.Popen([sys.executable, "-c", script, str(path), str(p)]) for p in range(4)]
+    assert all(p.wait(timeout=120) == 0 for p in procs)
+    assert time.monotonic() - start < 120
+    with steplog.open(path) as store:
+        states = [c.state for c in store.history("shared")]
+    assert len(states) == 200
+    for p in range(4):
+        assert [s["i"] for s in states if s["p"] == str(p)] == list(range(50))
