@@ -90,7 +90,7 @@ class Writer:
         session: Callable[[], AbstractContextManager[lmdb.Environment]],
         on_map_full: Callable[[], None],
         on_map_resized: Callable[[], None],
-        maintain: Callable[[], None],
+        maintain: Callable[[], object],
     ) -> None:
         self._session = session
         self._maintain = maintain
