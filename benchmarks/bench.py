@@ -347,7 +347,79 @@ def rss_now() -> tuple[int, int]:
     return fields["VmRSS"], fields["RssAnon"]
 
 
+def w_async(d: Path, args: dict[str, Any]) -> dict[str, Any]:
+    """Concurrent asyncio tasks, each appending to its own run through AsyncStore."""
+    import anyio
+
+    tasks, per_task = args["tasks"], args["per_task"]
+    base = sized_state(2048, 0)
+
+    async def main() -> float:
+        async with steplog.open_async(d / "steplog") as store:
+
+            async def one(t: int) -> None:
+                st = base
+                for i in range(per_task):
+                    st = next_state(st, i)
+                    await store.append(f"task-{t}", st)
+
+            t0 = time.perf_counter()
+            async with anyio.create_task_group() as tg:
+                for t in range(tasks):
+                    tg.start_soon(one, t)
+            return tasks * per_task / (time.perf_counter() - t0)
+
+    return {"rate": anyio.run(main)}
+
+
+def _proc_writer(path: str, proc: int, n: int, threads: int, go: Any, out: Any) -> None:
+    with steplog.open(path) as store:
+
+        def work(t: int) -> None:
+            st = sized_state(2048, proc * 100 + t)
+            for i in range(n):
+                st = next_state(st, i)
+                store.append(f"p{proc}-t{t}", st)
+
+        ths = [threading.Thread(target=work, args=(t,)) for t in range(threads)]
+        go.wait()
+        start = time.time()
+        for th in ths:
+            th.start()
+        for th in ths:
+            th.join()
+        out.put((start, time.time()))
+
+
+def w_procs(d: Path, args: dict[str, Any]) -> dict[str, Any]:
+    """Several processes appending to one store directory (timed from a common start,
+    after every process has opened the store)."""
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("spawn")
+    procs, n, threads = args["procs"], args["n"], args["threads"]
+    steplog.open(d / "steplog").close()
+    go, out = ctx.Event(), ctx.Queue()
+    workers = [
+        ctx.Process(target=_proc_writer, args=(str(d / "steplog"), p, n, threads, go, out))
+        for p in range(procs)
+    ]
+    for w in workers:
+        w.start()
+    time.sleep(2.0)  # let every process import and open the store
+    go.set()
+    spans = [out.get(timeout=600) for _ in workers]
+    for w in workers:
+        w.join()
+    elapsed = max(e for _, e in spans) - min(s for s, _ in spans)
+    with steplog.open(d / "steplog") as store:
+        total = sum(r.length for r in store.runs())
+    return {"rate": total / elapsed, "total": total}
+
+
 WORKLOADS: dict[str, Callable[[Path, dict[str, Any]], dict[str, Any]]] = {
+    "async": w_async,
+    "procs": w_procs,
     "single": w_single,
     "concurrent": w_concurrent,
     "chat": w_chat,
@@ -460,6 +532,23 @@ def main() -> None:
             f"[3] {writers} writers: append p50 / p99 (us); appends per commit",
             f"{r['append_p50_us']:,.0f} / {r['append_p99_us']:,.0f}",
             f"{r['appends_per_commit']:.1f} per commit; peak RSS {r['peak_rss_mb']:.0f} MB",
+        )
+
+    print("async tasks and processes, 2 KiB states", file=sys.stderr)
+    r = results["async_100"] = run_one("async", {"tasks": 100, "per_task": 10 if q else 40}, root)
+    row(
+        "[4] 100 asyncio tasks (AsyncStore): durable appends/s",
+        f"{r['rate']:,.0f}",
+        f"{r['rate'] / conc[1]['steplog_rate']:.1f}x 1 writer thread",
+    )
+    for threads in (1, 4):
+        r = results[f"procs_4x{threads}"] = run_one(
+            "procs", {"procs": 4, "n": 100 if q else 400, "threads": threads}, root
+        )
+        row(
+            f"[4] 4 processes x {threads} thread{'s' if threads > 1 else ''}: durable appends/s",
+            f"{r['rate']:,.0f}",
+            f"{r['rate'] / conc[1]['steplog_rate']:.1f}x 1 writer thread (one process)",
         )
 
     print("growing chat (20 threads x 200 steps)", file=sys.stderr)

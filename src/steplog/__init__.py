@@ -6,6 +6,7 @@
 ...     store.load("run-1").state
 """
 
+from steplog.async_store import AsyncStore, open_async
 from steplog.errors import (
     CheckpointNotFound,
     CorruptRecord,
@@ -24,15 +25,17 @@ from steplog.errors import (
     WorkflowMismatch,
 )
 from steplog.model import TERMINAL_STATUSES, Checkpoint, RunInfo, Status
-from steplog.store import Store, open
+from steplog.store import Durability, Store, open
 
 __version__ = "0.1.0"
 
 __all__ = [
     "TERMINAL_STATUSES",
+    "AsyncStore",
     "Checkpoint",
     "CheckpointNotFound",
     "CorruptRecord",
+    "Durability",
     "ForkPointInUse",
     "IndexConflict",
     "InvalidArgument",
@@ -50,4 +53,5 @@ __all__ = [
     "UnsupportedFormat",
     "WorkflowMismatch",
     "open",
+    "open_async",
 ]

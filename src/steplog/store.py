@@ -501,11 +501,7 @@ class Store:
         """
         collector = AppendBatch(self)
         yield collector
-        reqs = collector._requests
-        if reqs:
-            collector.checkpoints = self._write(
-                lambda txn, batch: [r.apply(txn, batch) for r in reqs]
-            )
+        collector.commit()
 
     def _prepare(
         self,
@@ -1062,6 +1058,16 @@ class AppendBatch:
         self._requests: list[_AppendRequest] = []
         #: The appended checkpoints, in call order, once the batch has committed.
         self.checkpoints: list[Checkpoint] = []
+
+    def commit(self) -> list[Checkpoint]:
+        """Append everything queued, atomically, in one commit (``Store.batch`` calls
+        this on exit); return the checkpoints."""
+        reqs, self._requests = self._requests, []
+        if reqs:
+            self.checkpoints = self._store._write(
+                lambda txn, batch: [r.apply(txn, batch) for r in reqs]
+            )
+        return self.checkpoints
 
     def append(
         self,
