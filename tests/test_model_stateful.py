@@ -208,6 +208,10 @@ class StoreVersusModel(RuleBasedStateMachine):
     @invariant()
     def agrees_with_model(self) -> None:
         store = self.store
+        report = store.verify()
+        assert report.ok, report.problems
+        assert report.runs == len(self.runs)
+        assert report.records == sum(len(r.entries) for r in self.runs.values())
         assert [r.run_id for r in store.runs()] == [
             rid for rid, _ in sorted(self.runs.items(), key=lambda kv: -kv[1].seq)
         ]

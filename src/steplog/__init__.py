@@ -24,7 +24,7 @@ from steplog.errors import (
     UnsupportedFormat,
     WorkflowMismatch,
 )
-from steplog.model import TERMINAL_STATUSES, Checkpoint, RunInfo, Status
+from steplog.model import TERMINAL_STATUSES, Checkpoint, Problem, RunInfo, Status, VerifyReport
 from steplog.store import Durability, Store, open
 
 __version__ = "0.1.0"
@@ -40,6 +40,7 @@ __all__ = [
     "IndexConflict",
     "InvalidArgument",
     "NotAStore",
+    "Problem",
     "RecordTooLarge",
     "RunExists",
     "RunInfo",
@@ -51,6 +52,7 @@ __all__ = [
     "Store",
     "StoreClosed",
     "UnsupportedFormat",
+    "VerifyReport",
     "WorkflowMismatch",
     "open",
     "open_async",

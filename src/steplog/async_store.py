@@ -22,7 +22,7 @@ import anyio.to_thread
 
 from steplog import _validate
 from steplog.errors import InvalidArgument
-from steplog.model import TERMINAL_STATUSES, Checkpoint, RunInfo, Status
+from steplog.model import TERMINAL_STATUSES, Checkpoint, RunInfo, Status, VerifyReport
 from steplog.store import AppendBatch, Store
 
 __all__ = ["AsyncStore", "open_async"]
@@ -188,6 +188,11 @@ class AsyncStore:
                 return
             for cp in chunk:
                 yield cp
+
+    async def verify(self) -> VerifyReport:
+        """See :meth:`Store.verify` (runs off the loop)."""
+        result: VerifyReport = await self._off_loop(self.store.verify)
+        return result
 
     async def follow(
         self,

@@ -8,7 +8,7 @@ from typing import Any
 
 import msgspec
 
-__all__ = ["TERMINAL_STATUSES", "Checkpoint", "RunInfo", "Status"]
+__all__ = ["TERMINAL_STATUSES", "Checkpoint", "Problem", "RunInfo", "Status", "VerifyReport"]
 
 
 class Status(enum.Enum):
@@ -60,3 +60,40 @@ class RunInfo(msgspec.Struct, frozen=True, kw_only=True):
     status: Status | None
     parent_run_id: str | None = None
     parent_index: int | None = None
+
+
+class Problem(msgspec.Struct, frozen=True, kw_only=True):
+    """One thing ``verify()`` found wrong.
+
+    ``kind`` is one of: ``damaged`` (the record's own bytes fail their checksum or do
+    not decode), ``unreadable`` (an intact delta record whose base is damaged),
+    ``missing`` (the run's records are not exactly 0..length-1), ``header`` (the run
+    header is unreadable or disagrees with its latest record), ``index`` (a secondary
+    index disagrees with the log).
+    """
+
+    run_id: str
+    index: int | None
+    kind: str
+    detail: str
+
+
+class VerifyReport(msgspec.Struct, frozen=True, kw_only=True):
+    """What ``verify()`` checked and found."""
+
+    runs: int
+    records: int
+    problems: list[Problem]
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    @property
+    def damaged(self) -> list[tuple[str, int]]:
+        """(run id, index) of every record whose own bytes are damaged."""
+        return [
+            (p.run_id, p.index)
+            for p in self.problems
+            if p.kind == "damaged" and p.index is not None
+        ]

@@ -37,7 +37,7 @@ from steplog.errors import (
     StoreClosed,
     WorkflowMismatch,
 )
-from steplog.model import Checkpoint, RunInfo, Status
+from steplog.model import Checkpoint, RunInfo, Status, VerifyReport
 
 if TYPE_CHECKING:
     from typing import TypeAlias
@@ -981,6 +981,15 @@ class Store:
             return chain
 
         return self._read(op)
+
+    def verify(self) -> VerifyReport:
+        """Check the whole store: every record's checksum and decoding, dense indices,
+        and that every secondary index agrees with the log. Reads one consistent
+        snapshot (writes proceed meanwhile; a map resize waits). Returns a report; it
+        raises only for a closed store or a storage failure."""
+        from steplog._verify import verify
+
+        return self._read(lambda txn: verify(self, txn, _HEADER_DECODER.decode))
 
     def children(self, run_id: str, index: int | None = None) -> list[str]:
         """Ids of runs forked from ``run_id`` (from checkpoint ``index`` if given)."""

@@ -467,6 +467,9 @@ class StoreContract(abc.ABC):
             assert store.latest("wf").run_id == "kid"
             assert store.load("r", node="n").index == 0
             assert store.append("r", {"i": 2}).index == 2
+            report = store.verify()
+            assert report.ok, report.problems
+            assert (report.runs, report.records) == (2, 4)
         finally:
             store.close()
 

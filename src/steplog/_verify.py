@@ -1,0 +1,204 @@
+"""``Store.verify()``: check every record and that every index agrees with the log.
+
+One read transaction (a consistent snapshot), one pass over the key space in key
+order: segments (records, headers, node entries), then the ids, recency, workflow and
+children tables are checked against what the segments say.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import msgspec
+
+from steplog import _keys, _record
+from steplog._keys import U64
+from steplog.errors import CorruptRecord
+from steplog.model import Problem, VerifyReport
+
+if TYPE_CHECKING:
+    from steplog.store import Store, Txn, _RunHeader
+
+
+@dataclass
+class _Segment:
+    header: _RunHeader | None = None
+    records: list[int] = field(default_factory=list)
+    nodes: dict[int, str] = field(default_factory=dict)
+    node_entries: set[tuple[str, int]] = field(default_factory=set)
+    last_head: tuple[int, _record.Header] | None = None
+
+
+def verify(store: Store, txn: Txn, decode_header: Any) -> VerifyReport:
+    problems: list[Problem] = []
+    segments: dict[int, _Segment] = defaultdict(_Segment)
+    records = 0
+
+    def problem(run_id: str, index: int | None, kind: str, detail: str) -> None:
+        problems.append(Problem(run_id=run_id, index=index, kind=kind, detail=detail))
+
+    # ---- ids
+    ids: dict[int, str] = {}
+    for key, value in _scan(txn, _keys.IDS):
+        run_id = key[1:].decode("utf-8", "replace")
+        if len(value) != 8:
+            problem(run_id, None, "index", "id entry is not a run number")
+            continue
+        ids[U64.unpack(value)[0]] = run_id
+
+    # ---- segments: records in order, then the header, then node entries
+    limit = store.max_record_size
+    cur_no, base, readable_from = -1, None, 0
+    for key, value in _scan(txn, _keys.SEGMENT):
+        run_no = U64.unpack_from(key, 1)[0]
+        seg = segments[run_no]
+        run_id = ids.get(run_no, f"#{run_no}")
+        kind = key[9:10]
+        if kind == b"\x00":
+            index = _keys.log_index(key)
+            if run_no != cur_no:
+                cur_no, base, readable_from = run_no, None, 0
+            seg.records.append(index)
+            records += 1
+            try:
+                head = _record.read_header(run_id, index, value)
+            except CorruptRecord as exc:
+                problem(run_id, index, "damaged", exc.detail)
+                base, readable_from = None, index + 1
+                continue
+            seg.last_head = (index, head)
+            if head.depth and (base is None or index - head.depth < readable_from):
+                problem(run_id, index, "unreadable", "its delta base is damaged or missing")
+                base = None
+                continue
+            try:
+                base = _record.unpack_payload(run_id, index, value, head, limit, base)
+                node, _meta, _state = _record.decode_payload(run_id, index, base)
+            except CorruptRecord as exc:
+                problem(run_id, index, "damaged", exc.detail)
+                base, readable_from = None, index + 1
+                continue
+            if node is not None:
+                seg.nodes[index] = node
+        elif kind == b"\x01":
+            try:
+                seg.header = decode_header(value)
+            except msgspec.DecodeError:
+                problem(run_id, None, "header", "run header does not decode")
+        elif kind == b"\x02":
+            node_b, idx = key[10:-9], U64.unpack_from(key, len(key) - 8)[0]
+            seg.node_entries.add((node_b.decode("utf-8", "replace"), idx))
+
+    headers: dict[int, _RunHeader] = {}
+    for run_no, seg in segments.items():
+        run_id = ids.get(run_no, f"#{run_no}")
+        hdr = seg.header
+        if hdr is None:
+            problem(run_id, None, "header", "records without a run header")
+            continue
+        headers[run_no] = hdr
+        if ids.get(run_no) != hdr.run_id:
+            problem(hdr.run_id, None, "index", "id entry missing or naming another run")
+        if seg.records != list(range(hdr.length)):
+            problem(
+                hdr.run_id,
+                None,
+                "missing",
+                f"records {_ranges(seg.records)} for length {hdr.length}",
+            )
+        expected_nodes = {(node, i) for i, node in seg.nodes.items()}
+        if expected_nodes - seg.node_entries:
+            problem(
+                hdr.run_id,
+                None,
+                "index",
+                f"node entries missing: {sorted(expected_nodes - seg.node_entries)[:5]}",
+            )
+        stray = {
+            (n, i)
+            for n, i in seg.node_entries - expected_nodes
+            if i >= hdr.length or i in seg.nodes
+        }
+        if stray:
+            problem(hdr.run_id, None, "index", f"stray node entries: {sorted(stray)[:5]}")
+        if hdr.length and seg.last_head is not None and seg.last_head[0] == hdr.length - 1:
+            last = seg.last_head[1]
+            if (last.seq, last.created_ns, _record.STATUS_CODES[last.status]) != (
+                hdr.seq,
+                hdr.updated_ns,
+                hdr.status,
+            ):
+                problem(
+                    hdr.run_id,
+                    hdr.length - 1,
+                    "header",
+                    "run header disagrees with its latest record",
+                )
+    for run_no, run_id in ids.items():
+        if run_no not in headers:
+            problem(run_id, None, "index", "id entry for a run that has no header")
+
+    # ---- recency and workflow indexes: exactly one entry per run, at its seq
+    seen_recent: dict[int, int] = defaultdict(int)
+    for key, value in _scan(txn, _keys.RECENT):
+        seq, run_no = U64.unpack_from(key, 1)[0], U64.unpack(value)[0]
+        hdr = headers.get(run_no)
+        if hdr is None or hdr.seq != seq:
+            problem(
+                ids.get(run_no, f"#{run_no}"), None, "index", f"stale recency entry (seq {seq})"
+            )
+        seen_recent[run_no] += 1
+    seen_wf: dict[int, int] = defaultdict(int)
+    for key, value in _scan(txn, _keys.WORKFLOWS):
+        workflow = key[1:-9].decode("utf-8", "replace")
+        seq, run_no = U64.unpack_from(key, len(key) - 8)[0], U64.unpack(value)[0]
+        hdr = headers.get(run_no)
+        if hdr is None or hdr.seq != seq or hdr.workflow_id != workflow:
+            problem(
+                ids.get(run_no, f"#{run_no}"),
+                None,
+                "index",
+                f"stale workflow entry ({workflow!r}, seq {seq})",
+            )
+        seen_wf[run_no] += 1
+    for run_no, hdr in headers.items():
+        if seen_recent[run_no] != 1:
+            problem(hdr.run_id, None, "index", f"{seen_recent[run_no]} recency entries, not 1")
+        if seen_wf[run_no] != (hdr.workflow_id is not None):
+            problem(hdr.run_id, None, "index", f"{seen_wf[run_no]} workflow entries")
+
+    # ---- children: one entry per child whose parent still exists
+    listed: set[int] = set()
+    for key, _value in _scan(txn, _keys.CHILDREN):
+        parent_no, parent_index, child_no = (U64.unpack_from(key, o)[0] for o in (1, 9, 17))
+        child, parent = headers.get(child_no), headers.get(parent_no)
+        if (
+            child is None
+            or parent is None
+            or (child.parent_run_no, child.parent_index) != (parent_no, parent_index)
+        ):
+            problem(ids.get(child_no, f"#{child_no}"), None, "index", "stale children entry")
+        listed.add(child_no)
+    for run_no, hdr in headers.items():
+        if hdr.parent_run_no in headers and run_no not in listed:
+            problem(hdr.run_id, None, "index", "fork missing from its parent's children")
+
+    return VerifyReport(runs=len(headers), records=records, problems=problems)
+
+
+def _scan(txn: Txn, tag: bytes) -> Any:
+    cur = txn.cursor()
+    if not cur.set_range(tag):
+        return
+    for key, value in cur:
+        if not key.startswith(tag):
+            return
+        yield key, value
+
+
+def _ranges(indices: list[int]) -> str:
+    if not indices:
+        return "none"
+    return f"{indices[0]}..{indices[-1]} ({len(indices)})"
