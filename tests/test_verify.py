@@ -80,7 +80,7 @@ def test_verify_lists_exactly_the_damaged_records(path: Path, how: str) -> None:
 def test_verify_finds_index_disagreements(path: Path) -> None:
     _fill(path, runs=2, n=5)
     with steplog.open(path) as store:
-        seq = store._read(lambda txn: store._header(txn, b"run1")).seq  # noqa: SLF001
+        seq = store._read(lambda txn: store._header(txn, b"run1")).seq
     env = _raw(path)
     with env.begin(write=True) as txn:
         txn.delete(_keys.recent_key(seq))  # run1 vanishes from runs()

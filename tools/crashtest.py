@@ -46,7 +46,7 @@ WORDS = "plan search fetch parse draft review send retry tool call result user a
 
 
 def digest(state: Any) -> str:
-    return hashlib.sha1(msgspec.msgpack.encode(state)).hexdigest()[:16]  # noqa: S324
+    return hashlib.sha1(msgspec.msgpack.encode(state)).hexdigest()[:16]
 
 
 # ---------------------------------------------------------------- writer process
