@@ -179,3 +179,50 @@ def test_appends_from_many_processes_interleave(path: Path) -> None:
     assert len(states) == 200
     for p in range(4):
         assert [s["i"] for s in states if s["p"] == str(p)] == list(range(50))
+
+
+def test_map_grows_under_a_burst_while_another_process_reads(path: Path) -> None:
+    with steplog.open(path, map_size=128 << 10) as store:
+        store.append("r", {"i": -1})
+        reader = (
+            "import sys, time, steplog\n"
+            "end = time.monotonic() + 3\n"
+            "n = 0\n"
+            "with steplog.open(sys.argv[1], map_size=128 << 10) as s:\n"
+            "    while time.monotonic() < end:\n"
+            "        cp = s.load('r')\n"
+            "        assert cp is not None\n"
+            "        idx = [c.index for c in s.history('r')]\n"
+            "        assert idx == list(range(len(idx))) and len(idx) > cp.index\n"
+            "        n += 1\n"
+            "print(n)\n"
+        )
+        proc = subprocess.Popen(
+            [sys.executable, "-c", reader, str(path)], stdout=subprocess.PIPE, text=True
+        )
+        time.sleep(0.5)
+        blob = os.urandom(30_000).hex()
+        for i in range(150):
+            store.append("r", {"i": i, "blob": blob[: 1000 + i * 300]})
+        out, _ = proc.communicate(timeout=60)
+        assert proc.returncode == 0 and int(out) > 0
+        assert store.verify().ok
+        assert store.run("r").length == 151
+
+
+def test_full_store_is_usable_again_when_space_returns(path: Path) -> None:
+    from steplog import StorageError
+
+    written = 0
+    with steplog.open(path, map_size=256 << 10, max_map_size=1 << 20) as store:
+        with pytest.raises(StorageError, match="max_map_size"):
+            for _ in range(1000):
+                store.append("r", os.urandom(40_000))
+                written += 1
+        assert store.verify().ok
+        assert store.run("r").length == written
+    with steplog.open(path, max_map_size=8 << 20) as store:  # more room
+        for _ in range(20):
+            store.append("r", os.urandom(40_000))
+        assert store.run("r").length == written + 20
+        assert store.verify().ok

@@ -114,8 +114,9 @@ def open(
     """Open the store in directory ``path``, creating it (mode 0700/0600) if absent.
 
     ``durability`` says what an acknowledged append survives (:class:`Durability`).
-    ``map_size`` is the initial LMDB map; it grows automatically up to
-    ``max_map_size`` (None: no limit). ``max_record_size`` bounds one checkpoint's
+    ``map_size`` is the initial LMDB map (capped at ``max_map_size``); it grows
+    automatically up to ``max_map_size`` (None: no limit), past which writes raise
+    StorageError and leave the store as it was. ``max_record_size`` bounds one checkpoint's
     encoded payload. ``cache_size`` bounds the bytes of hot runs' latest payloads kept
     decoded. Raises NotAStore / UnsupportedFormat for a directory that is not a
     steplog store or is from a newer format, leaving it untouched.
@@ -158,8 +159,10 @@ class Store:
         for name, value in (("map_size", map_size), ("max_record_size", max_record_size)):
             if _validate.index(value, name) <= 0:
                 raise InvalidArgument(f"{name} must be > 0, got {value}")
-        if max_map_size is not None and _validate.index(max_map_size, "max_map_size") < map_size:
-            raise InvalidArgument("max_map_size must be >= map_size")
+        if max_map_size is not None:
+            if _validate.index(max_map_size, "max_map_size") <= 0:
+                raise InvalidArgument(f"max_map_size must be > 0, got {max_map_size}")
+            map_size = min(map_size, max_map_size)
         if not isinstance(path, (str, os.PathLike)):
             raise InvalidArgument(f"path must be a str or path, not {type(path).__name__}")
         self.path = Path(path)
