@@ -184,10 +184,16 @@ def check(path: Path, model: Model) -> int:
                     f"first difference at {_first_diff(stored, digests)}"
                 )
         for run, intent in model.pending.items():
-            if intent[0] == "F" and run not in model.runs:
-                info = store.run(run)
-                if info is not None:  # the fork committed before its acknowledgement
-                    model.runs[run] = [digest(cp.state) for cp in store.history(run)]
+            if run in model.runs or store.run(run) is None:
+                continue
+            # a run created by an operation that committed before its acknowledgement
+            stored = [digest(cp.state) for cp in store.history(run)]
+            if intent[0] == "A" and stored != [intent[2]]:
+                raise AssertionError(f"{run}: unacknowledged first append is not the intended one")
+            if intent[0] in ("A", "F"):
+                model.runs[run] = stored
+            else:
+                raise AssertionError(f"{run} exists but no acknowledged operation made it")
         for run in model.gone:
             if store.run(run) is not None:
                 raise AssertionError(f"purged run {run} is back")
