@@ -202,3 +202,31 @@ def test_history_survives_tail_rewrite_between_chunks(path: Path) -> None:
             store_module.HISTORY_CHUNK = old
     assert [c.state for c in first] == states[:4]
     assert [c.state for c in rest] == [{"replaced": 4}]
+
+
+def test_append_many_and_batches_store_deltas(path: Path) -> None:
+    states = _states(K)
+    with steplog.open(path) as store:
+        store.append_many("r", states)
+        with store.batch() as b:
+            for st in _states(5):
+                b.append("b", st)
+        assert [c.state for c in store.history("r")] == states
+    assert _depths(path, 1, K) == list(range(K))
+    assert _depths(path, 2, 5) == list(range(5))
+
+
+def test_batch_can_replace_a_run_atomically(path: Path) -> None:
+    with steplog.open(path) as store:
+        store.append_many("r", [{"v": i} for i in range(10)])
+        with store.batch() as b:
+            b.purge("r")
+            b.append("r", {"v": 9})
+            b.purge("ghost", missing_ok=True)
+        assert [c.state for c in store.history("r")] == [{"v": 9}]
+        with pytest.raises(steplog.RunNotFound):
+            with store.batch() as b:
+                b.purge("r")
+                b.purge("ghost")
+        assert [c.state for c in store.history("r")] == [{"v": 9}]
+        assert store.verify().ok

@@ -527,10 +527,11 @@ class Store:
         self._live_env()
         # Compress here, in the caller's thread and outside the commit (zstd releases
         # the GIL), against the run's cached latest payload; the commit re-checks it.
+        # Without a cached latest, the commit compresses against the run's actual one.
         hit = self._cache.get(run_id)
-        if hit is None:
-            body, base_seq = _record.compress(payload), -1
-        else:
+        body: _record.Body | None = None
+        base_seq = -1
+        if hit is not None:
             body, base_seq = _record.compress(payload, hit.payload, hit.depth + 1), hit.seq
         return _AppendRequest(
             self,
@@ -741,22 +742,20 @@ class Store:
         """
         rid = _validate.ident(run_id, "run_id")
         self._live_env()
+        return self._write(lambda txn, batch: self._apply_purge(txn, batch, run_id, rid))
 
-        def op(txn: Txn, batch: Batch) -> int:
-            hdr = self._require(txn, rid)
-            self._delete_prefix(txn, _keys.segment_prefix(hdr.run_no))
-            self._delete_prefix(txn, _keys.child_prefix(hdr.run_no))
-            if hdr.parent_run_no is not None and hdr.parent_index is not None:
-                key = _keys.child_key(hdr.parent_run_no, hdr.parent_index, hdr.run_no)
-                txn.delete(key)
-            txn.delete(_keys.recent_key(hdr.seq))
-            if hdr.workflow_id is not None:
-                txn.delete(_keys.workflow_key(hdr.workflow_id.encode(), hdr.seq))
-            txn.delete(_keys.id_key(rid))
-            self._forget(batch, run_id, hdr.run_no)
-            return hdr.length
-
-        return self._write(op)
+    def _apply_purge(self, txn: Txn, batch: Batch, run_id: str, rid: bytes) -> int:
+        hdr = self._require(txn, rid)
+        self._delete_prefix(txn, _keys.segment_prefix(hdr.run_no))
+        self._delete_prefix(txn, _keys.child_prefix(hdr.run_no))
+        if hdr.parent_run_no is not None and hdr.parent_index is not None:
+            txn.delete(_keys.child_key(hdr.parent_run_no, hdr.parent_index, hdr.run_no))
+        txn.delete(_keys.recent_key(hdr.seq))
+        if hdr.workflow_id is not None:
+            txn.delete(_keys.workflow_key(hdr.workflow_id.encode(), hdr.seq))
+        txn.delete(_keys.id_key(rid))
+        self._forget(batch, run_id, hdr.run_no)
+        return hdr.length
 
     def _forget(self, batch: Batch, run_id: str, run_no: int) -> None:
         """Drop a run's latest payload from the batch and, after commit, the cache."""
@@ -1041,7 +1040,7 @@ class _AppendRequest:
         expected: int | None,
         payload: bytes,
         state: Any,
-        body: _record.Body,
+        body: _record.Body | None,
         base_seq: int,
     ) -> None:
         self.store = store
@@ -1063,22 +1062,22 @@ class _AppendRequest:
 
 
 class AppendBatch:
-    """Appends collected by :meth:`Store.batch`, committed together on exit."""
+    """Writes collected by :meth:`Store.batch`, committed together on exit: appends,
+    and purges (so a batch can atomically replace a run's contents)."""
 
     def __init__(self, store: Store) -> None:
         self._store = store
-        self._requests: list[_AppendRequest] = []
+        self._ops: list[Callable[[Txn, Batch], Checkpoint | None]] = []
         #: The appended checkpoints, in call order, once the batch has committed.
         self.checkpoints: list[Checkpoint] = []
 
     def commit(self) -> list[Checkpoint]:
-        """Append everything queued, atomically, in one commit (``Store.batch`` calls
-        this on exit); return the checkpoints."""
-        reqs, self._requests = self._requests, []
-        if reqs:
-            self.checkpoints = self._store._write(
-                lambda txn, batch: [r.apply(txn, batch) for r in reqs]
-            )
+        """Apply everything queued, atomically, in one commit (``Store.batch`` calls
+        this on exit); return the appended checkpoints."""
+        ops, self._ops = self._ops, []
+        if ops:
+            results = self._store._write(lambda txn, batch: [op(txn, batch) for op in ops])
+            self.checkpoints = [cp for cp in results if cp is not None]
         return self.checkpoints
 
     def append(
@@ -1093,6 +1092,20 @@ class AppendBatch:
         expected_index: int | None = None,
     ) -> None:
         """Queue an append (same arguments as :meth:`Store.append`)."""
-        self._requests.append(
-            self._store._prepare(run_id, state, workflow_id, node, status, metadata, expected_index)
+        req = self._store._prepare(
+            run_id, state, workflow_id, node, status, metadata, expected_index
         )
+        self._ops.append(req.apply)
+
+    def purge(self, run_id: str, *, missing_ok: bool = False) -> None:
+        """Queue a purge (see :meth:`Store.purge`); with ``missing_ok`` a run that does
+        not exist is skipped instead of failing the batch."""
+        rid = _validate.ident(run_id, "run_id")
+        store = self._store
+
+        def op(txn: Txn, batch: Batch) -> None:
+            if missing_ok and store._header(txn, rid) is None:
+                return
+            store._apply_purge(txn, batch, run_id, rid)
+
+        self._ops.append(op)
