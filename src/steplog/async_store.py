@@ -175,11 +175,17 @@ class AsyncStore:
         return result
 
     async def history(
-        self, run_id: str, *, start: int = 0, stop: int | None = None, type: Any = None
+        self,
+        run_id: str,
+        *,
+        start: int = 0,
+        stop: int | None = None,
+        node: str | None = None,
+        type: Any = None,
     ) -> AsyncIterator[Checkpoint]:
         """See :meth:`Store.history`: an async iterator, decoded in chunks off the loop
         (RunNotFound is raised on the first iteration)."""
-        it = self.store.history(run_id, start=start, stop=stop, type=type)
+        it = self.store.history(run_id, start=start, stop=stop, node=node, type=type)
         while True:
             chunk: list[Checkpoint] = await anyio.to_thread.run_sync(
                 lambda: list(islice(it, STREAM_CHUNK))

@@ -895,9 +895,11 @@ class Store:
         *,
         start: int = 0,
         stop: int | None = None,
+        node: str | None = None,
         type: Any = None,
     ) -> Iterator[Checkpoint]:
-        """Checkpoints ``start`` .. ``stop - 1`` of ``run_id`` in ascending index order.
+        """Checkpoints ``start`` .. ``stop - 1`` of ``run_id`` in ascending index order;
+        with ``node=``, only the checkpoints that node wrote.
 
         Slicing rules are a list's (negative bounds count from the end). Streams in
         bounded chunks: memory stays constant however long the run. Raises
@@ -906,11 +908,41 @@ class Store:
         rid = _validate.ident(run_id, "run_id")
         lo = _validate.index(start, "start")
         hi = None if stop is None else _validate.index(stop, "stop")
+        node_b = _validate.optional_ident(node, "node")
         if type is not None:
             _record.decoder_for(type)
         hdr = self._read(lambda txn: self._require(txn, rid))
         first, last, _ = slice(lo, hi).indices(hdr.length)
+        if node_b is not None:
+            return self._node_stream(run_id, hdr, node_b, first, last, type)
         return self._stream(run_id, hdr, first, last, type)
+
+    def _node_stream(
+        self, run_id: str, hdr: _RunHeader, node: bytes, first: int, last: int, type_: Any
+    ) -> Iterator[Checkpoint]:
+        prefix = _keys.node_prefix(hdr.run_no, node)
+        at = first
+        while at < last:
+
+            def op(txn: Txn, lo: int = at) -> list[Checkpoint]:
+                cur = txn.cursor()
+                out: list[Checkpoint] = []
+                if not cur.set_range(prefix + U64.pack(lo)):
+                    return out
+                for key in cur.iternext(keys=True, values=False):
+                    if not key.startswith(prefix) or len(out) >= HISTORY_CHUNK:
+                        break
+                    index = U64.unpack_from(key, len(prefix))[0]
+                    if index >= last:
+                        break
+                    out.append(self._checkpoint(txn, run_id, hdr, index, type_))
+                return out
+
+            batch = self._read(op)
+            if not batch:
+                return
+            yield from batch
+            at = batch[-1].index + 1
 
     def _stream(
         self, run_id: str, hdr: _RunHeader, first: int, last: int, type_: Any

@@ -168,6 +168,13 @@ class StoreContract(abc.ABC):
         assert store.load("r", node="a").index == 2
         assert store.load("r", node="b").index == 1
 
+    def test_history_of_one_node(self, store: Any) -> None:
+        for i in range(6):
+            store.append("r", i, node="even" if i % 2 == 0 else "odd")
+        assert [c.state for c in store.history("r", node="even")] == [0, 2, 4]
+        assert [c.index for c in store.history("r", node="odd", start=2)] == [3, 5]
+        assert list(store.history("r", node="none")) == []
+
     def test_node_names_are_not_prefixes_of_each_other(self, store: Any) -> None:
         store.append("r", "long", node="ab")
         store.append("r", "short", node="a")

@@ -1,0 +1,449 @@
+"""``StepLogSaver``: a LangGraph checkpointer backed by a steplog store.
+
+Install with ``pip install 'steplog[langgraph]'``::
+
+    from steplog.langgraph import StepLogSaver
+
+    with StepLogSaver.from_path("./checkpoints") as saver:
+        graph = builder.compile(checkpointer=saver)
+        graph.invoke(inputs, {"configurable": {"thread_id": "t1"}})
+
+Mapping. Each (thread, checkpoint namespace) is two steplog runs under the workflow
+``lg␟<thread>``: ``lg␟c␟<thread>␟<ns>`` holds one steplog checkpoint per LangGraph
+checkpoint (node = the LangGraph checkpoint id, so a checkpoint is found by id through
+the node index; index order = put order) and ``lg␟w␟<thread>␟<ns>`` holds one record
+per ``put_writes`` call (node = the checkpoint id the writes belong to). The whole
+LangGraph checkpoint, channel values included, is one steplog state, so a growing
+conversation is stored as a zstd delta proportional to each step's change.
+Deletions that LangGraph asks for in the middle of a thread (``delete_for_runs``,
+``prune``) rewrite the thread's runs in one atomic steplog batch.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator, Iterator, Sequence
+from contextlib import AbstractAsyncContextManager, AbstractContextManager
+from typing import Any
+
+import anyio.to_thread
+from langchain_core.runnables import RunnableConfig
+from langgraph.checkpoint.base import (
+    WRITES_IDX_MAP,
+    BaseCheckpointSaver,
+    ChannelVersions,
+    Checkpoint,
+    CheckpointMetadata,
+    CheckpointTuple,
+    PendingWrite,
+    get_checkpoint_id,
+    get_checkpoint_metadata,
+    writes_sort_key,
+)
+from langgraph.checkpoint.serde.base import SerializerProtocol
+
+import steplog
+from steplog.async_store import AsyncStore
+from steplog.errors import InvalidArgument, RunNotFound
+from steplog.store import Store
+
+__all__ = ["StepLogSaver"]
+
+SEP = "\x1f"
+_PREFIX = "lg"
+#: Checkpoints read per step when listing a thread newest first.
+LIST_CHUNK = 64
+
+
+def _workflow(thread_id: str) -> str:
+    return f"{_PREFIX}{SEP}{thread_id}"
+
+
+def _run(kind: str, thread_id: str, ns: str) -> str:
+    return SEP.join((_PREFIX, kind, thread_id, ns))
+
+
+def _parse(run_id: str) -> tuple[str, str, str] | None:
+    parts = run_id.split(SEP)
+    if len(parts) != 4 or parts[0] != _PREFIX:
+        return None
+    return parts[1], parts[2], parts[3]
+
+
+def _check(value: str, what: str) -> str:
+    if not isinstance(value, str):
+        raise InvalidArgument(f"{what} must be a str, not {type(value).__name__}")
+    if SEP in value or "\x00" in value:
+        raise InvalidArgument(f"{what} {value!r} contains a reserved control character")
+    return value
+
+
+class StepLogSaver(
+    BaseCheckpointSaver[int],
+    AbstractContextManager["StepLogSaver"],
+    AbstractAsyncContextManager["StepLogSaver"],
+):
+    """A ``BaseCheckpointSaver`` on a steplog :class:`~steplog.Store`.
+
+    Pass an open ``Store`` or ``AsyncStore`` (the caller keeps ownership), or use
+    :meth:`from_path` (the saver owns the store and closes it on exit).
+    """
+
+    def __init__(
+        self, store: Store | AsyncStore, *, serde: SerializerProtocol | None = None
+    ) -> None:
+        super().__init__(serde=serde)
+        self.store: Store = store.store if isinstance(store, AsyncStore) else store
+        self._owned = False
+
+    @classmethod
+    def from_path(
+        cls,
+        path: str | os.PathLike[str],
+        *,
+        serde: SerializerProtocol | None = None,
+        **options: Any,
+    ) -> StepLogSaver:
+        """Open (creating) the store at ``path``; the saver closes it on exit."""
+        saver = cls(steplog.open(path, **options), serde=serde)
+        saver._owned = True
+        return saver
+
+    def close(self) -> None:
+        if self._owned:
+            self.store.close()
+
+    def __enter__(self) -> StepLogSaver:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    async def __aenter__(self) -> StepLogSaver:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await anyio.to_thread.run_sync(self.close)
+
+    # ------------------------------------------------------------------ helpers
+
+    @staticmethod
+    def _ids(config: RunnableConfig) -> tuple[str, str, str | None]:
+        conf = config["configurable"]
+        thread_id = _check(str(conf["thread_id"]), "thread_id")
+        ns = _check(conf.get("checkpoint_ns", "") or "", "checkpoint_ns")
+        return thread_id, ns, get_checkpoint_id(config)
+
+    def _tuple(self, thread_id: str, ns: str, cp: steplog.Checkpoint) -> CheckpointTuple:
+        state = cp.state
+        checkpoint: Checkpoint = self.serde.loads_typed((state["c"][0], state["c"][1]))
+        versions = checkpoint.get("channel_versions", {})
+        values = {k: v for k, v in checkpoint.get("channel_values", {}).items() if k in versions}
+        missing = [k for k in versions if k not in values]
+        if missing:
+            values.update(self._carried_values(thread_id, ns, state["p"], versions, missing))
+        checkpoint = {**checkpoint, "channel_values": values}
+        cid = checkpoint["id"]
+        parent = state["p"]
+        return CheckpointTuple(
+            config={
+                "configurable": {"thread_id": thread_id, "checkpoint_ns": ns, "checkpoint_id": cid}
+            },
+            checkpoint=checkpoint,
+            metadata=self.serde.loads_typed((state["m"][0], state["m"][1])),
+            parent_config=(
+                {
+                    "configurable": {
+                        "thread_id": thread_id,
+                        "checkpoint_ns": ns,
+                        "checkpoint_id": parent,
+                    }
+                }
+                if parent
+                else None
+            ),
+            pending_writes=self._writes(thread_id, ns, cid),
+        )
+
+    def _carried_values(
+        self,
+        thread_id: str,
+        ns: str,
+        parent: str | None,
+        versions: ChannelVersions,
+        missing: list[str],
+    ) -> dict[str, Any]:
+        """Values of channels a checkpoint omitted because their version did not move:
+        the value stored with that version in the nearest ancestor that has it."""
+        found: dict[str, Any] = {}
+        wanted = set(missing)
+        run = _run("c", thread_id, ns)
+        while parent and wanted:
+            cp = self.store.load(run, node=parent)
+            if cp is None:
+                break
+            ancestor = self.serde.loads_typed((cp.state["c"][0], cp.state["c"][1]))
+            a_versions, a_values = (
+                ancestor.get("channel_versions", {}),
+                ancestor.get("channel_values", {}),
+            )
+            for k in list(wanted):
+                if a_versions.get(k) != versions[k]:
+                    wanted.discard(k)  # the version was set later: nothing stored for it
+                elif k in a_values:
+                    found[k] = a_values[k]
+                    wanted.discard(k)
+            parent = cp.state["p"]
+        return found
+
+    def _writes(self, thread_id: str, ns: str, cid: str) -> list[PendingWrite]:
+        run = _run("w", thread_id, ns)
+        kept: dict[tuple[str, int], tuple[str, str, str, Any]] = {}
+        try:
+            records = list(self.store.history(run, node=cid))
+        except RunNotFound:
+            records = []
+        for rec in records:
+            task_id, task_path = rec.state["t"], rec.state["p"]
+            for idx, channel, type_, data in rec.state["w"]:
+                key = (task_id, idx)
+                if idx >= 0 and key in kept:
+                    continue  # ordinary writes: the first one wins
+                kept[key] = (task_path, task_id, channel, (type_, data))
+        ordered = sorted(kept.items(), key=lambda kv: writes_sort_key(kv[1][0], kv[0][0], kv[0][1]))
+        return [(tid, ch, self.serde.loads_typed(v)) for (_tid, _i), (_p, tid, ch, v) in ordered]
+
+    def _newest_first(self, run_id: str) -> Iterator[steplog.Checkpoint]:
+        info = self.store.run(run_id)
+        stop = info.length if info else 0
+        while stop > 0:
+            start = max(0, stop - LIST_CHUNK)
+            chunk = list(self.store.history(run_id, start=start, stop=stop))
+            yield from reversed(chunk)
+            stop = start
+
+    def _namespaces(self, thread_id: str) -> list[str]:
+        out = []
+        for info in self.store.runs(_workflow(thread_id)):
+            parsed = _parse(info.run_id)
+            if parsed and parsed[0] == "c" and parsed[1] == thread_id:
+                out.append(parsed[2])
+        return sorted(out)
+
+    def _threads(self) -> list[str]:
+        seen: dict[str, None] = {}
+        for info in self.store.runs():
+            parsed = _parse(info.run_id)
+            if parsed and parsed[0] == "c":
+                seen.setdefault(parsed[1], None)
+        return list(seen)
+
+    # ------------------------------------------------------------------ sync API
+
+    def get_tuple(self, config: RunnableConfig) -> CheckpointTuple | None:
+        thread_id, ns, cid = self._ids(config)
+        run = _run("c", thread_id, ns)
+        cp = self.store.load(run, node=cid) if cid else self.store.load(run)
+        return None if cp is None else self._tuple(thread_id, ns, cp)
+
+    def list(
+        self,
+        config: RunnableConfig | None,
+        *,
+        filter: dict[str, Any] | None = None,
+        before: RunnableConfig | None = None,
+        limit: int | None = None,
+    ) -> Iterator[CheckpointTuple]:
+        if limit is not None and limit <= 0:
+            return
+        if config is not None:
+            thread_id, ns, cid = self._ids(config)
+            explicit_ns = config["configurable"].get("checkpoint_ns")
+            pairs = [
+                (thread_id, n)
+                for n in ([ns] if explicit_ns is not None else self._namespaces(thread_id))
+            ]
+        else:
+            cid = None
+            pairs = [(t, n) for t in self._threads() for n in self._namespaces(t)]
+        before_id = get_checkpoint_id(before) if before else None
+        for thread_id, ns in pairs:
+            run = _run("c", thread_id, ns)
+            source = (
+                [c for c in [self.store.load(run, node=cid)] if c]
+                if cid
+                else self._newest_first(run)
+            )
+            for cp in source:
+                state = cp.state
+                if before_id is not None and cp.node is not None and cp.node >= before_id:
+                    continue
+                if filter:
+                    metadata = self.serde.loads_typed((state["m"][0], state["m"][1]))
+                    if not all(metadata.get(k) == v for k, v in filter.items()):
+                        continue
+                yield self._tuple(thread_id, ns, cp)
+                if limit is not None:
+                    limit -= 1
+                    if limit <= 0:
+                        return
+
+    def put(
+        self,
+        config: RunnableConfig,
+        checkpoint: Checkpoint,
+        metadata: CheckpointMetadata,
+        new_versions: ChannelVersions,
+    ) -> RunnableConfig:
+        thread_id, ns, parent = self._ids(config)
+        cid = checkpoint["id"]
+        c_type, c_bytes = self.serde.dumps_typed(checkpoint)
+        m_type, m_bytes = self.serde.dumps_typed(get_checkpoint_metadata(config, metadata))
+        self.store.append(
+            _run("c", thread_id, ns),
+            {"c": [c_type, c_bytes], "m": [m_type, m_bytes], "p": parent},
+            workflow_id=_workflow(thread_id),
+            node=cid,
+        )
+        return {"configurable": {"thread_id": thread_id, "checkpoint_ns": ns, "checkpoint_id": cid}}
+
+    def put_writes(
+        self,
+        config: RunnableConfig,
+        writes: Sequence[tuple[str, Any]],
+        task_id: str,
+        task_path: str = "",
+    ) -> None:
+        thread_id, ns, cid = self._ids(config)
+        if cid is None:
+            raise InvalidArgument("put_writes needs a checkpoint_id in the config")
+        encoded = []
+        for idx, (channel, value) in enumerate(writes):
+            type_, data = self.serde.dumps_typed(value)
+            encoded.append([WRITES_IDX_MAP.get(channel, idx), channel, type_, data])
+        self.store.append(
+            _run("w", thread_id, ns),
+            {"t": task_id, "p": task_path, "w": encoded},
+            workflow_id=_workflow(thread_id),
+            node=cid,
+        )
+
+    def delete_thread(self, thread_id: str) -> None:
+        with self.store.batch() as b:
+            for info in self.store.runs(_workflow(_check(thread_id, "thread_id"))):
+                b.purge(info.run_id, missing_ok=True)
+
+    def copy_thread(self, source_thread_id: str, target_thread_id: str) -> None:
+        src, dst = _check(source_thread_id, "thread_id"), _check(target_thread_id, "thread_id")
+        with self.store.batch() as b:
+            for info in self.store.runs(_workflow(dst)):
+                b.purge(info.run_id, missing_ok=True)
+            for info in reversed(self.store.runs(_workflow(src))):
+                parsed = _parse(info.run_id)
+                if parsed is None:
+                    continue
+                kind, _thread, ns = parsed
+                for cp in self.store.history(info.run_id):
+                    b.append(
+                        _run(kind, dst, ns), cp.state, workflow_id=_workflow(dst), node=cp.node
+                    )
+
+    def delete_for_runs(self, run_ids: Sequence[str]) -> None:
+        doomed = {str(r) for r in run_ids}
+        if not doomed:
+            return
+        for thread_id in self._threads():
+            for ns in self._namespaces(thread_id):
+                self._rewrite(thread_id, ns, lambda md: md.get("run_id") not in doomed)
+
+    def prune(self, thread_ids: Sequence[str], *, strategy: str = "keep_latest") -> None:
+        if strategy not in ("keep_latest", "delete"):
+            raise InvalidArgument(f"unknown prune strategy {strategy!r}")
+        for thread_id in thread_ids:
+            if strategy == "delete":
+                self.delete_thread(thread_id)
+                continue
+            for ns in self._namespaces(_check(thread_id, "thread_id")):
+                latest = self.store.load(_run("c", thread_id, ns))
+                if latest is not None:
+                    self._rewrite(thread_id, ns, None, keep_only=latest.node)
+
+    def _rewrite(self, thread_id: str, ns: str, keep: Any, *, keep_only: str | None = None) -> None:
+        """Atomically replace a (thread, ns)'s runs with the checkpoints that ``keep``
+        accepts (by metadata) or just ``keep_only``, each with its writes."""
+        cp_run, w_run = _run("c", thread_id, ns), _run("w", thread_id, ns)
+        checkpoints = list(self.store.history(cp_run))
+        if keep_only is not None:
+            kept = [cp for cp in checkpoints if cp.node == keep_only]
+        else:
+            kept = [
+                cp
+                for cp in checkpoints
+                if keep(self.serde.loads_typed((cp.state["m"][0], cp.state["m"][1])))
+            ]
+        if len(kept) == len(checkpoints):
+            return
+        ids = {cp.node for cp in kept}
+        writes = []
+        if self.store.run(w_run) is not None:
+            writes = [w for w in self.store.history(w_run) if w.node in ids]
+        workflow = _workflow(thread_id)
+        with self.store.batch() as b:
+            b.purge(cp_run, missing_ok=True)
+            b.purge(w_run, missing_ok=True)
+            for cp in kept:
+                b.append(cp_run, cp.state, workflow_id=workflow, node=cp.node)
+            for w in writes:
+                b.append(w_run, w.state, workflow_id=workflow, node=w.node)
+
+    # ------------------------------------------------------------------ async API
+
+    async def aget_tuple(self, config: RunnableConfig) -> CheckpointTuple | None:
+        return self.get_tuple(config)  # a point read: microseconds, inline
+
+    async def alist(
+        self,
+        config: RunnableConfig | None,
+        *,
+        filter: dict[str, Any] | None = None,
+        before: RunnableConfig | None = None,
+        limit: int | None = None,
+    ) -> AsyncIterator[CheckpointTuple]:
+        items = await anyio.to_thread.run_sync(
+            lambda: list(self.list(config, filter=filter, before=before, limit=limit))
+        )
+        for item in items:
+            yield item
+
+    async def aput(
+        self,
+        config: RunnableConfig,
+        checkpoint: Checkpoint,
+        metadata: CheckpointMetadata,
+        new_versions: ChannelVersions,
+    ) -> RunnableConfig:
+        result: RunnableConfig = await anyio.to_thread.run_sync(
+            lambda: self.put(config, checkpoint, metadata, new_versions)
+        )
+        return result
+
+    async def aput_writes(
+        self,
+        config: RunnableConfig,
+        writes: Sequence[tuple[str, Any]],
+        task_id: str,
+        task_path: str = "",
+    ) -> None:
+        await anyio.to_thread.run_sync(lambda: self.put_writes(config, writes, task_id, task_path))
+
+    async def adelete_thread(self, thread_id: str) -> None:
+        await anyio.to_thread.run_sync(lambda: self.delete_thread(thread_id))
+
+    async def adelete_for_runs(self, run_ids: Sequence[str]) -> None:
+        await anyio.to_thread.run_sync(lambda: self.delete_for_runs(run_ids))
+
+    async def acopy_thread(self, source_thread_id: str, target_thread_id: str) -> None:
+        await anyio.to_thread.run_sync(lambda: self.copy_thread(source_thread_id, target_thread_id))
+
+    async def aprune(self, thread_ids: Sequence[str], *, strategy: str = "keep_latest") -> None:
+        await anyio.to_thread.run_sync(lambda: self.prune(thread_ids, strategy=strategy))
