@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import operator
 import random
 import resource
 import shutil
@@ -24,7 +25,7 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, TypedDict
 
 import lmdb
 import msgspec
@@ -303,6 +304,158 @@ def w_chat(d: Path, args: dict[str, Any]) -> dict[str, Any]:
     return {"rate": n / elapsed, "bytes": dir_bytes(d) / n}
 
 
+def _lg_saver(kind: str, d: Path) -> Any:
+    if kind == "steplog":
+        from steplog.langgraph import StepLogSaver
+
+        return StepLogSaver.from_path(d / "steplog")
+    if kind == "sqlite":
+        from langgraph.checkpoint.sqlite import SqliteSaver
+
+        conn = sqlite3.connect(d / "lg.sqlite", check_same_thread=False)
+        saver = SqliteSaver(conn)
+        saver.setup()
+        return saver
+    from langgraph.checkpoint.memory import InMemorySaver
+
+    return InMemorySaver()
+
+
+def _lg_checkpoint(state: dict[str, Any], i: int) -> Any:
+    from langgraph.checkpoint.base import empty_checkpoint
+    from langgraph.checkpoint.base.id import uuid6
+
+    cp = empty_checkpoint()
+    cp["id"] = str(uuid6(clock_seq=i))
+    cp["channel_values"] = state
+    cp["channel_versions"] = {k: i + 1 for k in state}
+    return cp
+
+
+def w_langgraph(d: Path, args: dict[str, Any]) -> dict[str, Any]:
+    """LangGraph savers side by side: put throughput and size on the growing chat,
+    get_tuple p50, listing one thread, and invokes/s of a compiled graph."""
+    threads, steps, kind = args["threads"], args["steps"], args["kind"]
+    work = chat_states(threads, steps)
+    n = threads * steps
+    if kind == "asyncsqlite":
+        return _lg_async_sqlite(d, work, n)
+    saver = _lg_saver(kind, d)
+
+    def put_thread(t: int) -> None:
+        config: dict[str, Any] = {"configurable": {"thread_id": f"thread-{t}", "checkpoint_ns": ""}}
+        for i, st in enumerate(work[t]):
+            cp = _lg_checkpoint(st, i)
+            config = saver.put(config, cp, {"source": "loop", "step": i}, cp["channel_versions"])
+            saver.put_writes(config, [("messages", st["messages"][-1])], f"task-{i}")
+
+    ths = [threading.Thread(target=put_thread, args=(t,)) for t in range(threads)]
+    t0 = time.perf_counter()
+    for th in ths:
+        th.start()
+    for th in ths:
+        th.join()
+    rate = n / (time.perf_counter() - t0)
+    lat = []
+    rng = random.Random(3)
+    for _ in range(500):
+        cfg = {
+            "configurable": {"thread_id": f"thread-{rng.randrange(threads)}", "checkpoint_ns": ""}
+        }
+        a = time.perf_counter()
+        saver.get_tuple(cfg)
+        lat.append(time.perf_counter() - a)
+    a = time.perf_counter()
+    listed = len(list(saver.list({"configurable": {"thread_id": "thread-0"}})))
+    list_ms = (time.perf_counter() - a) * 1e3
+    invokes = _lg_invokes(saver, args["invokes"])
+    size = None
+    if kind == "sqlite":
+        saver.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        size = dir_bytes(d) / n
+    elif kind == "steplog":
+        saver.close()
+        size = dir_bytes(d / "steplog") / n
+    return {
+        "rate": rate,
+        "bytes": size,
+        "get_tuple_p50_us": pct(lat, 0.5) * 1e6,
+        "list_ms": list_ms,
+        "listed": listed,
+        "invokes": invokes,
+    }
+
+
+class _Steps(TypedDict):
+    steps: Annotated[list[str], operator.add]
+
+
+def _lg_invokes(saver: Any, count: int) -> float:
+    from langgraph.graph import END, START, StateGraph
+
+    g = StateGraph(_Steps)
+    for name in ("plan", "act", "answer"):
+        g.add_node(name, lambda s, name=name: {"steps": [name]})
+    g.add_edge(START, "plan")
+    g.add_edge("plan", "act")
+    g.add_edge("act", "answer")
+    g.add_edge("answer", END)
+    graph = g.compile(checkpointer=saver)
+    t0 = time.perf_counter()
+    for i in range(count):
+        graph.invoke({"steps": []}, {"configurable": {"thread_id": f"invoke-{i}"}})
+    return count / (time.perf_counter() - t0)
+
+
+def _lg_async_sqlite(d: Path, work: list[list[dict[str, Any]]], n: int) -> dict[str, Any]:
+    import anyio
+    from langgraph.checkpoint.sqlite.aio import AsyncSqliteSaver
+
+    async def main() -> dict[str, Any]:
+        async with AsyncSqliteSaver.from_conn_string(str(d / "alg.sqlite")) as saver:
+
+            async def put_thread(t: int) -> None:
+                config: dict[str, Any] = {
+                    "configurable": {"thread_id": f"thread-{t}", "checkpoint_ns": ""}
+                }
+                for i, st in enumerate(work[t]):
+                    cp = _lg_checkpoint(st, i)
+                    config = await saver.aput(
+                        config, cp, {"source": "loop", "step": i}, cp["channel_versions"]
+                    )
+                    await saver.aput_writes(config, [("messages", st["messages"][-1])], f"task-{i}")
+
+            t0 = time.perf_counter()
+            async with anyio.create_task_group() as tg:
+                for t in range(len(work)):
+                    tg.start_soon(put_thread, t)
+            rate = n / (time.perf_counter() - t0)
+            lat = []
+            for i in range(500):
+                cfg = {
+                    "configurable": {"thread_id": f"thread-{i % len(work)}", "checkpoint_ns": ""}
+                }
+                a = time.perf_counter()
+                await saver.aget_tuple(cfg)
+                lat.append(time.perf_counter() - a)
+            a = time.perf_counter()
+            listed = len(
+                [x async for x in saver.alist({"configurable": {"thread_id": "thread-0"}})]
+            )
+            list_ms = (time.perf_counter() - a) * 1e3
+            return {
+                "rate": rate,
+                "get_tuple_p50_us": pct(lat, 0.5) * 1e6,
+                "list_ms": list_ms,
+                "listed": listed,
+            }
+
+    out = anyio.run(main)
+    out["bytes"] = dir_bytes(d) / n
+    out["invokes"] = None
+    return out
+
+
 def w_replay_big(d: Path, args: dict[str, Any]) -> dict[str, Any]:
     """Write an n-checkpoint run, then replay it in a fresh process-like store; RSS growth."""
     n = args["n"]
@@ -418,6 +571,7 @@ def w_procs(d: Path, args: dict[str, Any]) -> dict[str, Any]:
 
 
 WORKLOADS: dict[str, Callable[[Path, dict[str, Any]], dict[str, Any]]] = {
+    "langgraph": w_langgraph,
     "async": w_async,
     "procs": w_procs,
     "single": w_single,
@@ -568,6 +722,45 @@ def main() -> None:
     row(
         "[2] chat: peak RSS steplog / SqliteSaver (MB)",
         f"{s['peak_rss_mb']:.0f} / {lg['peak_rss_mb']:.0f}",
+    )
+
+    print("LangGraph savers: growing chat, 20 threads", file=sys.stderr)
+    lg_args = {"threads": 20, "steps": 60 if q else 200, "invokes": 50 if q else 200}
+    lg = {
+        k: run_one("langgraph", {**lg_args, "kind": k}, root)
+        for k in ("steplog", "sqlite", "asyncsqlite", "memory")
+    }
+    results["langgraph"] = lg
+    s_, q_ = lg["steplog"], lg["sqlite"]
+    row(
+        "[6] StepLogSaver put: checkpoints/s",
+        f"{s_['rate']:,.0f}",
+        f"{s_['rate'] / q_['rate']:.1f}x SqliteSaver ({q_['rate']:,.0f}/s); AsyncSqliteSaver "
+        f"{lg['asyncsqlite']['rate']:,.0f}/s; InMemorySaver {lg['memory']['rate']:,.0f}/s",
+    )
+    row(
+        "[6] StepLogSaver bytes per checkpoint",
+        f"{s_['bytes']:,.0f}",
+        f"1/{q_['bytes'] / s_['bytes']:.0f} of SqliteSaver ({q_['bytes']:,.0f} B); "
+        f"AsyncSqliteSaver {lg['asyncsqlite']['bytes']:,.0f} B",
+    )
+    row(
+        "[6] get_tuple p50 (us)",
+        f"{s_['get_tuple_p50_us']:.0f}",
+        f"SqliteSaver {q_['get_tuple_p50_us']:.0f}; AsyncSqliteSaver "
+        f"{lg['asyncsqlite']['get_tuple_p50_us']:.0f}; InMemorySaver "
+        f"{lg['memory']['get_tuple_p50_us']:.0f}",
+    )
+    row(
+        f"[6] list one thread ({s_['listed']} checkpoints), ms",
+        f"{s_['list_ms']:.1f}",
+        f"SqliteSaver {q_['list_ms']:.1f}; AsyncSqliteSaver {lg['asyncsqlite']['list_ms']:.1f}; "
+        f"InMemorySaver {lg['memory']['list_ms']:.1f}",
+    )
+    row(
+        "[6] invokes/s, 3-node compiled graph",
+        f"{s_['invokes']:,.0f}",
+        f"SqliteSaver {q_['invokes']:,.0f}; InMemorySaver {lg['memory']['invokes']:,.0f}",
     )
 
     big = 100_000 if q else 1_000_000

@@ -23,7 +23,7 @@ def _fill(path: Path, runs: int = 3, n: int = 70) -> None:
         for r in range(runs):
             msgs: list[str] = []
             for i in range(n):
-                msgs.append(" ".join(rng.choice(["alpha", "beta", "gamma"]) for _ in range(30)))
+                msgs.append(" ".join(rng.choice(["alpha", "beta", "gamma"]) for _ in range(200)))
                 store.append(
                     f"run{r}", {"msgs": list(msgs), "i": i}, workflow_id="wf", node=f"n{i % 3}"
                 )

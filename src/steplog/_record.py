@@ -52,6 +52,10 @@ KEYFRAME_INTERVAL = 32
 #: dictionary (~3.1 KB per chat step vs ~0.63 KB at level 3, for similar CPU), so deltas
 #: use zstd's default level 3 (benchmarks/bench_codec.py).
 DELTA_LEVEL = 3
+#: Payloads under this many bytes are always keyframes: a delta saves at most a few
+#: hundred bytes there, while every delta makes random access to a record (a LangGraph
+#: pending write, say) decode its chain back to a keyframe.
+DELTA_MIN_BYTES = 1024
 #: A delta bigger than this share of the raw payload is compared with a keyframe, and
 #: the smaller one is stored.
 DELTA_RECHECK_RATIO = 4
@@ -146,7 +150,13 @@ class Body:
 def compress(payload: bytes, base: bytes | None = None, depth: int = 0) -> Body:
     """Compress ``payload``: as a delta on ``base`` (the previous record's payload, at
     ``depth - 1``) when depth < KEYFRAME_INTERVAL, unless a keyframe would be smaller."""
-    if base is None or depth <= 0 or depth >= KEYFRAME_INTERVAL or not base:
+    if (
+        base is None
+        or depth <= 0
+        or depth >= KEYFRAME_INTERVAL
+        or not base
+        or len(payload) < DELTA_MIN_BYTES
+    ):
         codec, data = _full(payload)
         return Body(codec, data, 0, len(payload))
     data = _delta(payload, base)

@@ -8,6 +8,7 @@ written nothing.
 from __future__ import annotations
 
 import enum
+import itertools
 import os
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -270,11 +271,11 @@ class Store:
             raw = self._raw_record(txn, hdr, run_id, index)
         head = _record.read_header(run_id, index, raw)
         limit = self.max_record_size
-        if head.depth == 0:
-            return head, _record.unpack_payload(run_id, index, raw, head, limit)
         hit = self._cache.get(run_id)
         if hit is not None and hit.index == index and hit.seq == head.seq:
             return head, hit.payload
+        if head.depth == 0:
+            return head, _record.unpack_payload(run_id, index, raw, head, limit)
         start, base = index - head.depth, None
         if hit is not None and start <= hit.index < index:
             hit_raw = self._raw_record(txn, hdr, run_id, hit.index)
@@ -911,34 +912,51 @@ class Store:
         node_b = _validate.optional_ident(node, "node")
         if type is not None:
             _record.decoder_for(type)
+        if node_b is not None:
+            # one transaction for the header and the first chunk: a node's checkpoints
+            # are often few (a LangGraph checkpoint's pending writes, say)
+            def first_chunk(txn: Txn) -> tuple[_RunHeader, int, list[Checkpoint]]:
+                hdr = self._require(txn, rid)
+                first, last, _ = slice(lo, hi).indices(hdr.length)
+                return hdr, last, self._node_chunk(txn, run_id, hdr, node_b, first, last, type)
+
+            hdr, last, chunk = self._read(first_chunk)
+            if len(chunk) < HISTORY_CHUNK:
+                return iter(chunk)
+            return itertools.chain(
+                chunk, self._node_stream(run_id, hdr, node_b, chunk[-1].index + 1, last, type)
+            )
         hdr = self._read(lambda txn: self._require(txn, rid))
         first, last, _ = slice(lo, hi).indices(hdr.length)
-        if node_b is not None:
-            return self._node_stream(run_id, hdr, node_b, first, last, type)
         return self._stream(run_id, hdr, first, last, type)
+
+    def _node_chunk(
+        self, txn: Txn, run_id: str, hdr: _RunHeader, node: bytes, lo: int, hi: int, type_: Any
+    ) -> list[Checkpoint]:
+        """Up to HISTORY_CHUNK checkpoints of ``node`` with index in [lo, hi)."""
+        prefix = _keys.node_prefix(hdr.run_no, node)
+        cur = txn.cursor()
+        out: list[Checkpoint] = []
+        if lo >= hi or not cur.set_range(prefix + U64.pack(lo)):
+            return out
+        for key in cur.iternext(keys=True, values=False):
+            if not key.startswith(prefix) or len(out) >= HISTORY_CHUNK:
+                break
+            index = U64.unpack_from(key, len(prefix))[0]
+            if index >= hi:
+                break
+            out.append(self._checkpoint(txn, run_id, hdr, index, type_))
+        return out
 
     def _node_stream(
         self, run_id: str, hdr: _RunHeader, node: bytes, first: int, last: int, type_: Any
     ) -> Iterator[Checkpoint]:
-        prefix = _keys.node_prefix(hdr.run_no, node)
         at = first
         while at < last:
-
-            def op(txn: Txn, lo: int = at) -> list[Checkpoint]:
-                cur = txn.cursor()
-                out: list[Checkpoint] = []
-                if not cur.set_range(prefix + U64.pack(lo)):
-                    return out
-                for key in cur.iternext(keys=True, values=False):
-                    if not key.startswith(prefix) or len(out) >= HISTORY_CHUNK:
-                        break
-                    index = U64.unpack_from(key, len(prefix))[0]
-                    if index >= last:
-                        break
-                    out.append(self._checkpoint(txn, run_id, hdr, index, type_))
-                return out
-
-            batch = self._read(op)
+            lo = at
+            batch = self._read(
+                lambda txn: self._node_chunk(txn, run_id, hdr, node, lo, last, type_)  # noqa: B023
+            )
             if not batch:
                 return
             yield from batch
