@@ -261,3 +261,36 @@ def test_hostile_frame_that_lies_about_its_size_is_refused(path: Path, content_s
         with pytest.raises(CorruptRecord, match="size"):
             store.load("r")
         assert store.verify().damaged == [("r", 0)]
+
+
+def test_real_disk_full_fails_cleanly_and_recovers_when_space_returns(tmp_path: Path) -> None:
+    """A 3 MiB tmpfs fills up: a clear StorageError, nothing acknowledged lost, and the
+    store works again once the filesystem has room. Needs mount rights (root)."""
+    import subprocess
+
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(mnt)], capture_output=True
+    )
+    if mounted.returncode != 0:
+        pytest.skip("cannot mount a small tmpfs here (needs root)")
+    try:
+        path = mnt / "s"
+        acked: list[bytes] = []
+        with steplog.open(path) as store:
+            with pytest.raises(StorageError):
+                for _ in range(1000):
+                    blob = os.urandom(20_000)
+                    store.append("r", blob)
+                    acked.append(blob)
+            assert len(acked) > 10
+            assert store.run("r").length == len(acked)
+            assert store.verify().ok
+        subprocess.run(["mount", "-o", "remount,size=16m", str(mnt)], check=True)
+        with steplog.open(path) as store:
+            store.append("r", b"room again")
+            assert [c.state for c in store.history("r")] == [*acked, b"room again"]
+            assert store.verify().ok
+    finally:
+        subprocess.run(["umount", str(mnt)], check=False)
