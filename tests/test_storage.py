@@ -67,9 +67,10 @@ def test_files_are_private_whatever_the_umask(path: Path) -> None:
 )
 @pytest.mark.parametrize("big", [False, True], ids=["keyframes", "deltas"])
 def test_damaged_record_raises_corrupt_record(path: Path, mutate, big: bool) -> None:  # type: ignore[no-untyped-def]
-    text = "lorem ipsum dolor " * (100 if big else 10)  # big states are stored as deltas
     with steplog.open(path) as store:
         for i in range(3):
+            # similar big states are stored as deltas; unrelated ones as keyframes
+            text = "lorem ipsum dolor " * 100 if big else os.urandom(150).hex()
             store.append("r", {"i": i, "text": text + str(i)}, node="n")
     _rewrite_record(path, 1, 1, mutate)
     with steplog.open(path) as store:

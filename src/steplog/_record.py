@@ -52,10 +52,14 @@ KEYFRAME_INTERVAL = 32
 #: dictionary (~3.1 KB per chat step vs ~0.63 KB at level 3, for similar CPU), so deltas
 #: use zstd's default level 3 (benchmarks/bench_codec.py).
 DELTA_LEVEL = 3
-#: Payloads under this many bytes are always keyframes: a delta saves at most a few
-#: hundred bytes there, while every delta makes random access to a record (a LangGraph
-#: pending write, say) decode its chain back to a keyframe.
+#: Payloads under this many bytes keep shorter delta chains (a keyframe at least every
+#: SMALL_KEYFRAME_INTERVAL records): their deltas save only tens of bytes each, while
+#: random access to one of them (a LangGraph pending write, say) decodes its chain.
 DELTA_MIN_BYTES = 1024
+SMALL_KEYFRAME_INTERVAL = 8
+#: A delta is kept only if it is under 3/4 of a keyframe: a barely smaller delta is not
+#: worth lengthening the chain that random access must decode.
+DELTA_MAX_SHARE = 0.75
 #: A delta bigger than this share of the raw payload is compared with a keyframe, and
 #: the smaller one is stored.
 DELTA_RECHECK_RATIO = 4
@@ -149,20 +153,16 @@ class Body:
 
 def compress(payload: bytes, base: bytes | None = None, depth: int = 0) -> Body:
     """Compress ``payload``: as a delta on ``base`` (the previous record's payload, at
-    ``depth - 1``) when depth < KEYFRAME_INTERVAL, unless a keyframe would be smaller."""
-    if (
-        base is None
-        or depth <= 0
-        or depth >= KEYFRAME_INTERVAL
-        or not base
-        or len(payload) < DELTA_MIN_BYTES
-    ):
+    ``depth - 1``) within the keyframe interval, unless the delta is not clearly smaller
+    than a keyframe."""
+    interval = KEYFRAME_INTERVAL if len(payload) >= DELTA_MIN_BYTES else SMALL_KEYFRAME_INTERVAL
+    if base is None or depth <= 0 or depth >= interval or not base:
         codec, data = _full(payload)
         return Body(codec, data, 0, len(payload))
     data = _delta(payload, base)
     if len(data) * DELTA_RECHECK_RATIO > len(payload):
         full_codec, full_data = _full(payload)
-        if len(full_data) <= len(data):
+        if len(data) >= len(full_data) * DELTA_MAX_SHARE:
             return Body(full_codec, full_data, 0, len(payload))
     return Body(CODEC_DELTA, data, depth, len(payload))
 
