@@ -71,6 +71,17 @@ def full_record(state: Any) -> bytes:
     return zstandard.ZstdCompressor(level=3).compress(msgspec.msgpack.encode(state))
 
 
+def run_threads(count: int, target: Callable[[int], None]) -> float:
+    """Run ``target(i)`` on ``count`` threads at once; return the wall time in seconds."""
+    ths = [threading.Thread(target=target, args=(i,)) for i in range(count)]
+    t0 = time.perf_counter()
+    for th in ths:
+        th.start()
+    for th in ths:
+        th.join()
+    return time.perf_counter() - t0
+
+
 def pct(samples: list[float], q: float) -> float:
     ordered = sorted(samples)
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
@@ -207,13 +218,7 @@ def w_concurrent(d: Path, args: dict[str, Any]) -> dict[str, Any]:
             with lock:
                 lat.extend(mine)
 
-        threads = [threading.Thread(target=work, args=(w,)) for w in range(writers)]
-        t0 = time.perf_counter()
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-        rate = writers * per_writer / (time.perf_counter() - t0)
+        rate = writers * per_writer / run_threads(writers, work)
         commits = store._writer.commits
     out: dict[str, Any] = {
         "steplog_rate": rate,
@@ -269,13 +274,7 @@ def w_chat(d: Path, args: dict[str, Any]) -> dict[str, Any]:
                 for st in work[t]:
                     store.append(f"thread-{t}", st, workflow_id="chat", node=st["node"])
 
-            ths = [threading.Thread(target=run, args=(t,)) for t in range(threads)]
-            t0 = time.perf_counter()
-            for th in ths:
-                th.start()
-            for th in ths:
-                th.join()
-            elapsed = time.perf_counter() - t0
+            elapsed = run_threads(threads, run)
         return {"rate": n / elapsed, "bytes": dir_bytes(d / "steplog") / n}
     from langgraph.checkpoint.base import empty_checkpoint
     from langgraph.checkpoint.sqlite import SqliteSaver
@@ -292,13 +291,7 @@ def w_chat(d: Path, args: dict[str, Any]) -> dict[str, Any]:
             cp["channel_versions"] = {k: i + 1 for k in st}
             config = saver.put(config, cp, {"source": "loop", "step": i}, cp["channel_versions"])
 
-    ths = [threading.Thread(target=put_thread, args=(t,)) for t in range(threads)]
-    t0 = time.perf_counter()
-    for th in ths:
-        th.start()
-    for th in ths:
-        th.join()
-    elapsed = time.perf_counter() - t0
+    elapsed = run_threads(threads, put_thread)
     conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     conn.close()
     return {"rate": n / elapsed, "bytes": dir_bytes(d) / n}
@@ -349,13 +342,7 @@ def w_langgraph(d: Path, args: dict[str, Any]) -> dict[str, Any]:
             config = saver.put(config, cp, {"source": "loop", "step": i}, cp["channel_versions"])
             saver.put_writes(config, [("messages", st["messages"][-1])], f"task-{i}")
 
-    ths = [threading.Thread(target=put_thread, args=(t,)) for t in range(threads)]
-    t0 = time.perf_counter()
-    for th in ths:
-        th.start()
-    for th in ths:
-        th.join()
-    rate = n / (time.perf_counter() - t0)
+    rate = n / run_threads(threads, put_thread)
     lat = []
     rng = random.Random(3)
     for _ in range(500):
@@ -534,13 +521,9 @@ def _proc_writer(path: str, proc: int, n: int, threads: int, go: Any, out: Any) 
                 st = next_state(st, i)
                 store.append(f"p{proc}-t{t}", st)
 
-        ths = [threading.Thread(target=work, args=(t,)) for t in range(threads)]
         go.wait()
         start = time.time()
-        for th in ths:
-            th.start()
-        for th in ths:
-            th.join()
+        run_threads(threads, work)
         out.put((start, time.time()))
 
 
