@@ -181,6 +181,33 @@ def test_appends_from_many_processes_interleave(path: Path) -> None:
         assert [s["i"] for s in states if s["p"] == str(p)] == list(range(50))
 
 
+def test_processes_creating_one_store_at_once_all_open_it(tmp_path: Path) -> None:
+    # Every process starts its open at the same instant on a path that does not exist
+    # yet: one creates the store, the rest must find a finished one (not a half-made
+    # directory, not an "LMDB environment that is not a steplog store").
+    script = (
+        "import sys, time, steplog\n"
+        "while time.time() < float(sys.argv[2]): pass\n"
+        "with steplog.open(sys.argv[1]) as s:\n"
+        "    s.append('r', sys.argv[3])\n"
+    )
+    for round_no in range(3):
+        path = tmp_path / f"round{round_no}" / "s"
+        go = time.time() + 1.5
+        procs = [
+            subprocess.Popen(
+                [sys.executable, "-c", script, str(path), str(go), str(p)],
+                stderr=subprocess.PIPE,
+            )
+            for p in range(6)
+        ]
+        errors = [p.communicate(timeout=120)[1].decode() for p in procs]
+        assert [p.returncode for p in procs] == [0] * 6, errors
+        with steplog.open(path) as store:
+            assert sorted(c.state for c in store.history("r")) == [str(p) for p in range(6)]
+        assert oct(path.stat().st_mode & 0o777) == oct(0o700)
+
+
 def test_map_grows_under_a_burst_while_another_process_reads(path: Path) -> None:
     with steplog.open(path, map_size=128 << 10) as store:
         store.append("r", {"i": -1})

@@ -7,6 +7,7 @@ exclusive side.
 
 from __future__ import annotations
 
+import fcntl
 import os
 import threading
 from collections.abc import Iterator
@@ -96,9 +97,33 @@ def private_dir(path: Path) -> None:
         return
     try:
         path.mkdir(parents=True, mode=0o700)
+    except FileExistsError:
+        # Another process created it between our check and mkdir: it is theirs to chmod.
+        if not path.is_dir():
+            raise NotAStore(f"{str(path)!r} is not a directory, so not a steplog store") from None
+        return
+    except OSError as exc:
+        raise StorageError(f"cannot create store directory {str(path)!r}: {exc}") from exc
+    try:
         os.chmod(path, 0o700)
     except OSError as exc:
         raise StorageError(f"cannot create store directory {str(path)!r}: {exc}") from exc
+
+
+@contextmanager
+def _creation_lock(path: Path) -> Iterator[None]:
+    """Serialise opening the store across processes (flock on the directory itself,
+    so no extra file), so that two processes creating one store at once cannot see
+    each other's half-made files: one creates, the other finds a finished store."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError as exc:
+        raise StorageError(f"cannot open store directory {str(path)!r}: {exc}") from exc
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing the descriptor releases the lock
 
 
 def _private_files(path: Path) -> None:
@@ -119,6 +144,11 @@ def open_env(path: Path, map_size: int, *, metasync: bool = True) -> lmdb.Enviro
     (LMDB's NOMETASYNC: an OS crash may undo the last commit, never corrupts).
     """
     private_dir(path)
+    with _creation_lock(path):
+        return _open_locked(path, map_size, metasync)
+
+
+def _open_locked(path: Path, map_size: int, metasync: bool) -> lmdb.Environment:
     existing = (path / "data.mdb").exists()
     if not existing:
         others = [p.name for p in path.iterdir()]
