@@ -112,7 +112,9 @@ class StoreVersusModel(RuleBasedStateMachine):
         index=st.integers(-3, 5),
         dst=RUN_IDS,
         overrides=st.none()
-        | st.dictionaries(st.sampled_from(["k", "z"]), st.integers(), max_size=2),
+        | st.dictionaries(
+            st.sampled_from(["k", "z"]), st.integers(-(2**63), 2**63 - 1), max_size=2
+        ),
     )
     def fork(self, src: str, index: int, dst: str, overrides: dict[str, int] | None) -> None:
         run = self.runs.get(src)

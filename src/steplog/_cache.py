@@ -13,16 +13,29 @@ import threading
 from collections import OrderedDict
 from dataclasses import dataclass
 
+from steplog._record import Stream
+
 #: Default bytes of decoded payloads kept: 1,000 hot runs of ~64 KiB states.
 DEFAULT_CACHE_BYTES = 64 << 20
 
 
 @dataclass(frozen=True, slots=True)
 class Latest:
+    """Record ``index`` (recency ``seq``, delta ``depth``) decodes to ``payload``; if
+    ``stream`` is set, the record is block ``pos`` of that live stream, which the
+    run's next record may continue."""
+
     index: int
     seq: int
     depth: int
     payload: bytes
+    stream: Stream | None = None
+    pos: int = 0
+
+    @property
+    def size(self) -> int:
+        """Bytes held: the payload and any live compressor."""
+        return len(self.payload) + (self.stream.memory if self.stream is not None else 0)
 
 
 class LatestCache:
@@ -40,21 +53,26 @@ class LatestCache:
             return entry
 
     def put(self, run_id: str, entry: Latest) -> None:
-        size = len(entry.payload)
+        size = entry.size
         if size > self._max // 8:
-            return
+            if entry.stream is None:
+                return
+            entry = Latest(entry.index, entry.seq, entry.depth, entry.payload)
+            size = entry.size
+            if size > self._max // 8:
+                return
         with self._lock:
             old = self._entries.pop(run_id, None)
             if old is not None:
-                self._bytes -= len(old.payload)
+                self._bytes -= old.size
             self._entries[run_id] = entry
             self._bytes += size
             while self._bytes > self._max:
                 _, evicted = self._entries.popitem(last=False)
-                self._bytes -= len(evicted.payload)
+                self._bytes -= evicted.size
 
     def discard(self, run_id: str) -> None:
         with self._lock:
             old = self._entries.pop(run_id, None)
             if old is not None:
-                self._bytes -= len(old.payload)
+                self._bytes -= old.size

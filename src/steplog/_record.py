@@ -3,7 +3,8 @@
 Layout (little-endian), see docs/ARCHITECTURE.md::
 
     0  u8   format version (RECORD_VERSION)
-    1  u8   codec: 0 raw, 1 zstd frame, 2 zstd delta frame
+    1  u8   codec: 0 raw, 1 zstd frame, 2 zstd delta frame, 3 zstd stream start,
+            4 zstd stream block
     2  u8   status code of the checkpoint
     3  u8   delta depth: 0 for a keyframe, else distance to the run's previous keyframe
     4  u32  CRC-32 of bytes [0:4] + [8:]: any flipped stored byte is detected
@@ -16,6 +17,14 @@ The payload is MessagePack ``[node, metadata, state]``. zstd frames also carry
 zstd's own checksum of the decoded content. A delta frame is compressed with the
 previous record's decoded payload of the same run as a raw-content dictionary, so a
 growing state costs bytes proportional to what changed.
+
+A *stream* chain is one zstd frame cut into records: the keyframe (codec 3) holds the
+frame header and the first payload's blocks, flushed; each following record (codec
+4) holds the next payload's blocks, compressed by the same live compressor, so they
+reference the earlier payloads in its window. Appending costs only the new bytes'
+compression (no dictionary to rebuild per record) and reading walks the chain
+through one decompressor. The frame is never finished: a chain just stops. Every
+record still carries its own CRC and decoded length.
 """
 
 from __future__ import annotations
@@ -36,6 +45,10 @@ RECORD_VERSION = 1
 CODEC_RAW = 0
 CODEC_ZSTD = 1
 CODEC_DELTA = 2
+CODEC_STREAM_START = 3
+CODEC_STREAM_NEXT = 4
+_KEYFRAME_CODECS = (CODEC_RAW, CODEC_ZSTD, CODEC_STREAM_START)
+_DELTA_CODECS = (CODEC_DELTA, CODEC_STREAM_NEXT)
 
 HEADER = struct.Struct("<BBBBIQqI")
 HEADER_SIZE = HEADER.size
@@ -66,6 +79,13 @@ DELTA_RECHECK_RATIO = 4
 #: Payloads smaller than this are stored raw: a zstd frame's fixed overhead
 #: (~13 bytes with checksum) outweighs what it saves.
 MIN_COMPRESS_BYTES = 64
+#: A stream's zstd window: 4x the keyframe's payload (so the chain can grow), within
+#: these bounds. A payload continues a stream only while it and the previous payload
+#: fit in the window together. Payloads over STREAM_MAX_PAYLOAD use dictionary deltas
+#: instead: a live compressor costs ~window + 0.3 MB of memory.
+STREAM_MIN_WINDOW_LOG = 15
+STREAM_MAX_WINDOW_LOG = 22
+STREAM_MAX_PAYLOAD = (1 << STREAM_MAX_WINDOW_LOG) // 4
 
 STATUS_CODES: dict[Status, int] = {s: i for i, s in enumerate(Status)}
 CODE_STATUS: dict[int, Status] = {i: s for s, i in STATUS_CODES.items()}
@@ -129,6 +149,93 @@ def _full(payload: bytes) -> tuple[int, bytes]:
     return CODEC_RAW, payload
 
 
+class Stream:
+    """A run's live zstd compressor: the writer side of a stream chain.
+
+    ``pos`` counts the blocks it has produced. A block is valid on disk only right
+    after the block before it, so a caller continues a stream only if its ``pos`` is
+    the one recorded with the run's latest record, and the commit re-checks that the
+    run's latest record is still that one. A block that is never committed leaves
+    ``pos`` ahead of every recorded position: the stream is then dead, never wrong.
+    """
+
+    __slots__ = ("_cctx", "_cobj", "_lock", "memory", "pos", "window")
+
+    def __init__(self, payload_len: int) -> None:
+        window_log = min(
+            max((4 * payload_len - 1).bit_length(), STREAM_MIN_WINDOW_LOG), STREAM_MAX_WINDOW_LOG
+        )
+        level = zstandard.ZstdCompressionParameters.from_level(
+            ZSTD_LEVEL, source_size=1 << window_log, window_log=window_log
+        )
+        # Match tables a quarter of the window: the same ratio on checkpoint chains as
+        # level 3's defaults, at half the memory for small states (~0.3 MB).
+        table_log = min(level.hash_log, level.chain_log, window_log - 2)
+        params = zstandard.ZstdCompressionParameters(
+            window_log=window_log,
+            hash_log=table_log,
+            chain_log=table_log,
+            search_log=level.search_log,
+            min_match=level.min_match,
+            target_length=level.target_length,
+            strategy=level.strategy,
+            write_checksum=False,
+            write_content_size=False,
+            write_dict_id=False,
+        )
+        cctx = zstandard.ZstdCompressor(compression_params=params)
+        self._cobj = cctx.compressobj()
+        self._lock = threading.Lock()
+        self.window = 1 << window_log
+        self.pos = 0
+        self.memory = 0
+        self._cctx = cctx
+
+    def _block(self, payload: bytes) -> bytes:
+        data = self._cobj.compress(payload) + self._cobj.flush(zstandard.COMPRESSOBJ_FLUSH_BLOCK)
+        self.pos += 1
+        return data
+
+    def first(self, payload: bytes) -> bytes:
+        """The keyframe block (the caller owns this new stream)."""
+        data = self._block(payload)
+        self.memory = self._cctx.memory_size()
+        return data
+
+    def follow(self, pos: int, prev_len: int, payload: bytes) -> bytes | None:
+        """The block for ``payload`` right after block ``pos`` (whose payload had
+        ``prev_len`` bytes), or None if the stream has moved on, is busy in another
+        thread, or cannot reach the previous payload."""
+        if prev_len + len(payload) > self.window or not self._lock.acquire(blocking=False):
+            return None
+        try:
+            return self._block(payload) if self.pos == pos else None
+        finally:
+            self._lock.release()
+
+
+#: ``Body.pos`` / ``Latest.pos`` of a dictionary delta whose chain went on without its
+#: stream: the records after it stay dictionary deltas until the next keyframe.
+NO_STREAM = -1
+
+
+@dataclass(frozen=True, slots=True)
+class Body:
+    """A compressed payload, ready to be framed into a record. A stream body also
+    names its stream and the stream position after it."""
+
+    codec: int
+    data: bytes
+    depth: int
+    raw_len: int
+    stream: Stream | None = None
+    pos: int = 0
+
+
+def _interval(payload: bytes) -> int:
+    return KEYFRAME_INTERVAL if len(payload) >= DELTA_MIN_BYTES else SMALL_KEYFRAME_INTERVAL
+
+
 def _delta(payload: bytes, base: bytes) -> bytes:
     dictionary = zstandard.ZstdCompressionDict(base, dict_type=zstandard.DICT_TYPE_RAWCONTENT)
     cctx = zstandard.ZstdCompressor(
@@ -141,29 +248,59 @@ def _delta(payload: bytes, base: bytes) -> bytes:
     return cctx.compress(payload)
 
 
-@dataclass(frozen=True, slots=True)
-class Body:
-    """A compressed payload, ready to be framed into a record."""
+def keyframe(payload: bytes) -> Body:
+    """A record decodable on its own: a new stream when the payload suits one."""
+    if MIN_COMPRESS_BYTES <= len(payload) <= STREAM_MAX_PAYLOAD:
+        stream = Stream(len(payload))
+        data = stream.first(payload)
+        if len(data) < len(payload):
+            return Body(CODEC_STREAM_START, data, 0, len(payload), stream, stream.pos)
+    codec, data = _full(payload)
+    return Body(codec, data, 0, len(payload))
 
-    codec: int
-    data: bytes
-    depth: int
-    raw_len: int
+
+def _too_big(payload: bytes, data: bytes) -> bool:
+    """A delta not clearly smaller than a keyframe (checked only when it is large)."""
+    if len(data) * DELTA_RECHECK_RATIO <= len(payload):
+        return False
+    return len(data) >= len(_full(payload)[1]) * DELTA_MAX_SHARE
+
+
+def follow(payload: bytes, base: bytes, base_depth: int, stream: Stream | None, pos: int) -> Body:
+    """Compress ``payload`` as the record after the run's latest (decoded ``base``, at
+    ``base_depth``, written as block ``pos`` of ``stream`` if not None).
+
+    Within the keyframe interval: the next block of that stream when it can take it;
+    else a dictionary delta, which then carries the chain to its next keyframe
+    (``pos`` NO_STREAM). A latest record without a stream (decoded from disk) is
+    followed by a keyframe that starts one. Payloads too large for streams use
+    dictionary deltas throughout."""
+    depth = base_depth + 1
+    if depth >= _interval(payload):
+        return keyframe(payload)
+    if stream is not None:
+        data = stream.follow(pos, len(base), payload)
+        if data is not None and not _too_big(payload, data):
+            return Body(CODEC_STREAM_NEXT, data, depth, len(payload), stream, stream.pos)
+    elif pos != NO_STREAM and len(payload) <= STREAM_MAX_PAYLOAD:
+        return keyframe(payload)
+    body = compress(payload, base, depth)
+    if body.depth:
+        return Body(body.codec, body.data, body.depth, body.raw_len, None, NO_STREAM)
+    return body
 
 
 def compress(payload: bytes, base: bytes | None = None, depth: int = 0) -> Body:
-    """Compress ``payload``: as a delta on ``base`` (the previous record's payload, at
-    ``depth - 1``) within the keyframe interval, unless the delta is not clearly smaller
-    than a keyframe."""
-    interval = KEYFRAME_INTERVAL if len(payload) >= DELTA_MIN_BYTES else SMALL_KEYFRAME_INTERVAL
-    if base is None or depth <= 0 or depth >= interval or not base:
-        codec, data = _full(payload)
-        return Body(codec, data, 0, len(payload))
+    """Compress ``payload`` as a dictionary delta on ``base`` (the decoded payload of
+    the run's latest record, at ``depth - 1``) within the keyframe interval, unless
+    the delta is not clearly smaller than a keyframe; else as a keyframe. This needs
+    only the previous payload, so it serves when no live stream does (another
+    process or thread wrote the run's latest record)."""
+    if base is None or depth <= 0 or depth >= _interval(payload) or not base:
+        return keyframe(payload)
     data = _delta(payload, base)
-    if len(data) * DELTA_RECHECK_RATIO > len(payload):
-        full_codec, full_data = _full(payload)
-        if len(data) >= len(full_data) * DELTA_MAX_SHARE:
-            return Body(full_codec, full_data, 0, len(payload))
+    if _too_big(payload, data):
+        return keyframe(payload)
     return Body(CODEC_DELTA, data, depth, len(payload))
 
 
@@ -220,9 +357,9 @@ def read_header(run_id: str, index: int, record: bytes) -> Header:
         raise CorruptRecord(run_id, index, "checksum mismatch")
     if version != RECORD_VERSION:
         raise CorruptRecord(run_id, index, f"unknown record version {version}")
-    if codec not in (CODEC_RAW, CODEC_ZSTD, CODEC_DELTA):
+    if codec not in _KEYFRAME_CODECS and codec not in _DELTA_CODECS:
         raise CorruptRecord(run_id, index, f"unknown codec {codec}")
-    if (codec == CODEC_DELTA) != (depth > 0) or depth > index:
+    if (codec in _DELTA_CODECS) != (depth > 0) or depth > index:
         raise CorruptRecord(run_id, index, f"codec {codec} with delta depth {depth}")
     status = CODE_STATUS.get(status_code)
     if status is None:
@@ -230,40 +367,85 @@ def read_header(run_id: str, index: int, record: bytes) -> Header:
     return Header(codec, status, depth, seq, created_ns, raw_len)
 
 
+class Chain:
+    """Decodes a run's records in index order, carrying what the next record of the
+    chain needs: the previous payload (for a dictionary delta) and the stream's
+    decompressor (for a stream block). Start it at a keyframe, or at a record whose
+    decoded payload you hold (``base``; stream blocks then need a restart)."""
+
+    __slots__ = ("_dobj", "index", "payload")
+
+    def __init__(self, index: int = -1, base: bytes | None = None) -> None:
+        self.index = index
+        self.payload = base
+        self._dobj: Any = None
+
+    def can_take(self, index: int, header: Header) -> bool:
+        """Whether the record at ``index`` decodes from this chain's state."""
+        if header.codec in _KEYFRAME_CODECS:
+            return True
+        if index != self.index + 1:
+            return False
+        return (
+            self._dobj is not None
+            if header.codec == CODEC_STREAM_NEXT
+            else self.payload is not None
+        )
+
+    def decode(self, run_id: str, index: int, record: bytes, header: Header, limit: int) -> bytes:
+        """Verify-and-decode the record at ``index`` (its header already read), never
+        more than ``limit`` bytes, and advance the chain to it."""
+        if header.raw_len > limit:
+            raise CorruptRecord(
+                run_id, index, f"payload of {header.raw_len} bytes exceeds max_record_size {limit}"
+            )
+        if not self.can_take(index, header):
+            raise CorruptRecord(run_id, index, "delta record without its base")
+        body = memoryview(record)[HEADER_SIZE:]
+        codec = header.codec
+        dobj = None
+        try:
+            if codec == CODEC_RAW:
+                payload = bytes(body)
+            elif codec in (CODEC_STREAM_START, CODEC_STREAM_NEXT):
+                dobj = self._dobj if codec == CODEC_STREAM_NEXT else _stream_decompressor()
+                payload = dobj.decompress(body)
+            else:
+                if zstandard.frame_content_size(body) != header.raw_len:
+                    raise CorruptRecord(
+                        run_id, index, "compressed frame size does not match header"
+                    )
+                if codec == CODEC_DELTA:
+                    base = self.payload
+                    assert base is not None  # can_take
+                    dictionary = zstandard.ZstdCompressionDict(
+                        base, dict_type=zstandard.DICT_TYPE_RAWCONTENT
+                    )
+                    dctx = zstandard.ZstdDecompressor(dict_data=dictionary)
+                else:
+                    dctx = _dctx()
+                payload = dctx.decompress(body, max_output_size=header.raw_len)
+        except zstandard.ZstdError as exc:
+            self._dobj = None
+            raise CorruptRecord(run_id, index, f"decompression failed: {exc}") from None
+        if len(payload) != header.raw_len:
+            self._dobj = None
+            raise CorruptRecord(run_id, index, "decoded length does not match header")
+        self.index, self.payload, self._dobj = index, payload, dobj
+        return payload
+
+
+def _stream_decompressor() -> Any:
+    return zstandard.ZstdDecompressor(max_window_size=1 << STREAM_MAX_WINDOW_LOG).decompressobj()
+
+
 def unpack_payload(
     run_id: str, index: int, record: bytes, header: Header, limit: int, base: bytes | None = None
 ) -> bytes:
-    """Return the decoded payload bytes of a verified record, never more than ``limit``.
-
-    A delta record needs ``base``: the decoded payload of the run's previous record.
-    """
-    if header.raw_len > limit:
-        raise CorruptRecord(
-            run_id, index, f"payload of {header.raw_len} bytes exceeds max_record_size {limit}"
-        )
-    body = memoryview(record)[HEADER_SIZE:]
-    if header.codec == CODEC_RAW:
-        if len(body) != header.raw_len:
-            raise CorruptRecord(run_id, index, "payload length does not match header")
-        return bytes(body)
-    try:
-        if zstandard.frame_content_size(body) != header.raw_len:
-            raise CorruptRecord(run_id, index, "compressed frame size does not match header")
-        if header.codec == CODEC_DELTA:
-            if base is None:
-                raise CorruptRecord(run_id, index, "delta record without its base")
-            dictionary = zstandard.ZstdCompressionDict(
-                base, dict_type=zstandard.DICT_TYPE_RAWCONTENT
-            )
-            dctx = zstandard.ZstdDecompressor(dict_data=dictionary)
-        else:
-            dctx = _dctx()
-        payload = dctx.decompress(body, max_output_size=header.raw_len)
-    except zstandard.ZstdError as exc:
-        raise CorruptRecord(run_id, index, f"decompression failed: {exc}") from None
-    if len(payload) != header.raw_len:
-        raise CorruptRecord(run_id, index, "decoded length does not match header")
-    return payload
+    """Decode one record on its own: a keyframe, or a dictionary delta on ``base``
+    (the decoded payload of the run's previous record). Stream blocks need a
+    :class:`Chain` walked from their keyframe."""
+    return Chain(index - 1, base).decode(run_id, index, record, header, limit)
 
 
 def decoder_for(type_: Any) -> msgspec.msgpack.Decoder[Any]:

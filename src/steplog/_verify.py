@@ -50,7 +50,7 @@ def verify(store: Store, txn: Txn, decode_header: Any) -> VerifyReport:
 
     # ---- segments: records in order, then the header, then node entries
     limit = store.max_record_size
-    cur_no, base, readable_from = -1, None, 0
+    cur_no, chain = -1, _record.Chain()
     for key, value in _scan(txn, _keys.SEGMENT):
         run_no = U64.unpack_from(key, 1)[0]
         seg = segments[run_no]
@@ -59,26 +59,26 @@ def verify(store: Store, txn: Txn, decode_header: Any) -> VerifyReport:
         if kind == b"\x00":
             index = _keys.log_index(key)
             if run_no != cur_no:
-                cur_no, base, readable_from = run_no, None, 0
+                cur_no, chain = run_no, _record.Chain()
             seg.records.append(index)
             records += 1
             try:
                 head = _record.read_header(run_id, index, value)
             except CorruptRecord as exc:
                 problem(run_id, index, "damaged", exc.detail)
-                base, readable_from = None, index + 1
+                chain = _record.Chain()
                 continue
             seg.last_head = (index, head)
-            if head.depth and (base is None or index - head.depth < readable_from):
+            if not chain.can_take(index, head):
                 problem(run_id, index, "unreadable", "its delta base is damaged or missing")
-                base = None
+                chain = _record.Chain()
                 continue
             try:
-                base = _record.unpack_payload(run_id, index, value, head, limit, base)
-                node, _meta, _state = _record.decode_payload(run_id, index, base)
+                payload = chain.decode(run_id, index, value, head, limit)
+                node, _meta, _state = _record.decode_payload(run_id, index, payload)
             except CorruptRecord as exc:
                 problem(run_id, index, "damaged", exc.detail)
-                base, readable_from = None, index + 1
+                chain = _record.Chain()
                 continue
             if node is not None:
                 seg.nodes[index] = node

@@ -275,25 +275,52 @@ class Store:
         if hit is not None and hit.index == index and hit.seq == head.seq:
             return head, hit.payload
         if head.depth == 0:
-            return head, _record.unpack_payload(run_id, index, raw, head, limit)
-        start, base = index - head.depth, None
-        if hit is not None and start <= hit.index < index:
+            return head, _record.Chain().decode(run_id, index, raw, head, limit)
+        keyframe = index - head.depth
+        if hit is not None and keyframe <= hit.index < index:
+            # a dictionary-delta tail can start from the cached payload
             hit_raw = self._raw_record(txn, hdr, run_id, hit.index)
             if _record.read_header(run_id, hit.index, hit_raw).seq == hit.seq:
-                start, base = hit.index + 1, hit.payload
-        for at in range(start, index + 1):
+                chain = _record.Chain(hit.index, hit.payload)
+                payload = self._walk(txn, hdr, run_id, chain, index, raw, head)
+                if payload is not None:
+                    return head, payload
+        payload = self._walk(txn, hdr, run_id, _record.Chain(), index, raw, head, keyframe)
+        assert payload is not None
+        return head, payload
+
+    def _walk(
+        self,
+        txn: Txn,
+        hdr: _RunHeader,
+        run_id: str,
+        chain: _record.Chain,
+        index: int,
+        raw: bytes,
+        head: _record.Header,
+        start: int | None = None,
+    ) -> bytes | None:
+        """Decode records ``start`` (default: the one after the chain's) .. ``index``
+        through ``chain``; None if a record needs more than the chain holds."""
+        limit = self.max_record_size
+        at = chain.index + 1 if start is None else start
+        payload = None
+        while at <= index:
             try:
                 rec = raw if at == index else self._raw_record(txn, hdr, run_id, at)
                 rec_head = head if at == index else _record.read_header(run_id, at, rec)
-                base = _record.unpack_payload(run_id, at, rec, rec_head, limit, base)
+                if not chain.can_take(at, rec_head):
+                    if start is None:
+                        return None
+                payload = chain.decode(run_id, at, rec, rec_head, limit)
             except CorruptRecord as exc:
                 if at == index:
                     raise
                 raise CorruptRecord(
                     run_id, index, f"its delta base #{at} is corrupt: {exc.detail}"
                 ) from None
-        assert base is not None
-        return head, base
+            at += 1
+        return payload
 
     def _latest(self, txn: Txn, hdr: _RunHeader, run_id: str, batch: Batch | None) -> Latest:
         """The run's latest decoded payload (the base of its next delta record)."""
@@ -391,22 +418,25 @@ class Store:
         batch: Batch,
         run_id: str,
         body: _record.Body | None = None,
-        body_base_seq: int = -1,
+        after: Latest | None = None,
     ) -> _RunHeader:
         """Write the run's next record (a delta against its latest when it pays) and
         every index entry; return the new header. Call last in an op: it records the
         payload for later ops of the batch and for the cache after commit.
 
-        ``body`` may be compressed ahead, outside the commit, against the record with
-        seq ``body_base_seq``; it is used only if that is still the run's latest."""
+        ``body`` may be compressed ahead, outside the commit, as the record after
+        ``after``; it is used only if that is still the run's latest."""
         index = hdr.length
         seq = batch.next_seq()
         created_ns = max(time.time_ns(), hdr.updated_ns)
-        if body is None or (body.depth and body_base_seq != hdr.seq):
+        if body is None or not self._follows(body, after, hdr, batch):
             base = self._latest(txn, hdr, run_id, batch) if index else None
-            body = _record.compress(
-                payload, base.payload if base else None, base.depth + 1 if base else 0
-            )
+            if base is None:
+                body = _record.keyframe(payload)
+            elif base.stream is not None:
+                body = _record.follow(payload, base.payload, base.depth, base.stream, base.pos)
+            else:
+                body = _record.compress(payload, base.payload, base.depth + 1)
         depth = body.depth
         record = _record.frame(body, seq=seq, created_ns=created_ns, status=status)
         txn.put(_keys.log_key(hdr.run_no, index), record)
@@ -420,10 +450,27 @@ class Store:
             seq=seq,
         )
         self._set_recency(txn, old, new)
-        latest = Latest(index, seq, depth, payload)
+        latest = Latest(index, seq, depth, payload, body.stream, body.pos)
         batch.scratch[hdr.run_no] = latest
         batch.after_commit.append(lambda: self._cache.put(run_id, latest))
         return new
+
+    @staticmethod
+    def _follows(body: _record.Body, after: Latest | None, hdr: _RunHeader, batch: Batch) -> bool:
+        """Whether ``body``, compressed as the record after ``after``, may be written
+        as the run's next record: ``after`` must still be the run's latest."""
+        if body.depth == 0:
+            return True
+        if after is None:
+            return False
+        mine: Latest | None = batch.scratch.get(hdr.run_no)
+        if mine is not None and mine.seq == hdr.seq:  # written earlier in this commit
+            return (
+                mine.payload is after.payload
+                and mine.stream is after.stream
+                and mine.pos == after.pos
+            )
+        return after.seq == hdr.seq
 
     def _last_with_prefix(self, txn: Txn, prefix: bytes) -> tuple[bytes, bytes] | None:
         """The greatest (key, value) whose key starts with ``prefix``."""
@@ -479,19 +526,19 @@ class Store:
         first. Either every checkpoint is appended (and durable on return) or, if
         any is refused, none is.
         """
-        reqs = [
-            self._prepare(
+        self._live_env()
+        collector = AppendBatch(self)
+        for i, state in enumerate(states):
+            collector.append(
                 run_id,
                 state,
-                workflow_id,
-                node,
-                status,
-                metadata,
-                expected_index if i == 0 else None,
+                workflow_id=workflow_id,
+                node=node,
+                status=status,
+                metadata=metadata,
+                expected_index=expected_index if i == 0 else None,
             )
-            for i, state in enumerate(states)
-        ]
-        return self._write(lambda txn, batch: [r.apply(txn, batch) for r in reqs])
+        return collector.commit()
 
     @contextmanager
     def batch(self) -> Iterator[AppendBatch]:
@@ -516,8 +563,15 @@ class Store:
         status: Status | str,
         metadata: Mapping[str, Any] | None,
         expected_index: int | None,
+        prior: _AppendRequest | None = None,
     ) -> _AppendRequest:
-        """Validate and encode an append outside any transaction."""
+        """Validate, encode and compress an append outside any transaction.
+
+        Compression happens here, in the caller's thread and outside the commit (zstd
+        releases the GIL), as the record after the run's cached latest, or after
+        ``prior`` (an earlier append to the same run in the same batch); the commit
+        re-checks that base. Without either, the commit compresses against the run's
+        actual latest record."""
         rid = _validate.ident(run_id, "run_id")
         wf = _validate.optional_ident(workflow_id, "workflow_id")
         node_key = _validate.optional_ident(node, "node")
@@ -526,14 +580,15 @@ class Store:
         expected = _validate.optional_nonnegative(expected_index, "expected_index")
         payload = self._encode(run_id, node, meta, state)
         self._live_env()
-        # Compress here, in the caller's thread and outside the commit (zstd releases
-        # the GIL), against the run's cached latest payload; the commit re-checks it.
-        # Without a cached latest, the commit compresses against the run's actual one.
-        hit = self._cache.get(run_id)
-        body: _record.Body | None = None
-        base_seq = -1
-        if hit is not None:
-            body, base_seq = _record.compress(payload, hit.payload, hit.depth + 1), hit.seq
+        after: Latest | None
+        if prior is not None and prior.body is not None:
+            pb = prior.body
+            after = Latest(-1, -1, pb.depth, prior.payload, pb.stream, pb.pos)
+        else:
+            after = self._cache.get(run_id)
+        body = None
+        if after is not None:
+            body = _record.follow(payload, after.payload, after.depth, after.stream, after.pos)
         return _AppendRequest(
             self,
             run_id,
@@ -547,7 +602,7 @@ class Store:
             payload,
             state,
             body,
-            base_seq,
+            after,
         )
 
     def _apply_append(self, req: _AppendRequest, txn: Txn, batch: Batch) -> Checkpoint:
@@ -581,7 +636,7 @@ class Store:
             batch,
             req.run_id,
             req.body,
-            req.base_seq,
+            req.after,
         )
         return Checkpoint(
             run_id=req.run_id,
@@ -965,11 +1020,11 @@ class Store:
     def _stream(
         self, run_id: str, hdr: _RunHeader, first: int, last: int, type_: Any
     ) -> Iterator[Checkpoint]:
-        # ``prev`` carries the previous record's (index, seq, payload) across chunks, so
+        # ``prev`` carries the decoding chain (and its record's seq) across chunks, so
         # each delta record decodes in one step. Records below a run's tail never
         # change, but the tail may be deleted and re-appended between chunks: the
         # carried seq is checked against the stored record before it is trusted.
-        prev: tuple[int, int, bytes] | None = None
+        prev: tuple[int, _record.Chain] | None = None
         segment = _keys.log_prefix(hdr.run_no)
         at = first
         while at < last:
@@ -979,19 +1034,22 @@ class Store:
                 txn: Txn,
                 lo: int = at,
                 hi: int = chunk_end,
-                carried: tuple[int, int, bytes] | None = prev,
-            ) -> tuple[list[Checkpoint], tuple[int, int, bytes] | None]:
+                carried: tuple[int, _record.Chain] | None = prev,
+            ) -> tuple[list[Checkpoint], tuple[int, _record.Chain] | None]:
+                chain = _record.Chain()
                 if carried is not None:
-                    raw_prev = txn.get(_keys.log_key(hdr.run_no, carried[0]))
+                    seq, chain = carried
+                    raw_prev = txn.get(_keys.log_key(hdr.run_no, chain.index))
                     if raw_prev is None or (
-                        _record.read_header(run_id, carried[0], raw_prev).seq != carried[1]
+                        _record.read_header(run_id, chain.index, raw_prev).seq != seq
                     ):
-                        carried = None
+                        chain = _record.Chain()
                 cur = txn.cursor()
                 out: list[Checkpoint] = []
                 if not cur.set_key(_keys.log_key(hdr.run_no, lo)):
                     return out, carried
                 limit = self.max_record_size
+                seq = -1
                 for key, raw in cur:
                     if len(key) != _keys.LOG_KEY_SIZE or not key.startswith(segment):
                         break
@@ -999,14 +1057,17 @@ class Store:
                     if index >= hi:
                         break
                     head = _record.read_header(run_id, index, raw)
-                    if head.depth and (carried is None or carried[0] != index - 1):
-                        head, payload = self._payload(txn, hdr, run_id, index, raw)
+                    if chain.can_take(index, head):
+                        payload = chain.decode(run_id, index, raw, head, limit)
                     else:
-                        base = carried[2] if head.depth and carried is not None else None
-                        payload = _record.unpack_payload(run_id, index, raw, head, limit, base)
-                    carried = (index, head.seq, payload)
+                        chain = _record.Chain()
+                        start = index - head.depth
+                        decoded = self._walk(txn, hdr, run_id, chain, index, raw, head, start)
+                        assert decoded is not None
+                        payload = decoded
+                    seq = head.seq
                     out.append(self._assemble(run_id, index, hdr, head, payload, type_))
-                return out, carried
+                return out, ((seq, chain) if out else carried)
 
             batch, prev = self._read(op)
             if not batch:
@@ -1062,7 +1123,7 @@ class _AppendRequest:
     """A validated, encoded append waiting for its transaction."""
 
     __slots__ = (
-        "base_seq",
+        "after",
         "body",
         "expected",
         "metadata",
@@ -1091,11 +1152,11 @@ class _AppendRequest:
         payload: bytes,
         state: Any,
         body: _record.Body | None,
-        base_seq: int,
+        after: Latest | None,
     ) -> None:
         self.store = store
         self.body = body
-        self.base_seq = base_seq
+        self.after = after
         self.run_id = run_id
         self.rid = rid
         self.workflow_id = workflow_id
@@ -1118,6 +1179,7 @@ class AppendBatch:
     def __init__(self, store: Store) -> None:
         self._store = store
         self._ops: list[Callable[[Txn, Batch], Checkpoint | None]] = []
+        self._last: dict[str, _AppendRequest] = {}  # each run's latest queued append
         #: The appended checkpoints, in call order, once the batch has committed.
         self.checkpoints: list[Checkpoint] = []
 
@@ -1143,8 +1205,16 @@ class AppendBatch:
     ) -> None:
         """Queue an append (same arguments as :meth:`Store.append`)."""
         req = self._store._prepare(
-            run_id, state, workflow_id, node, status, metadata, expected_index
+            run_id,
+            state,
+            workflow_id,
+            node,
+            status,
+            metadata,
+            expected_index,
+            self._last.get(run_id),
         )
+        self._last[run_id] = req
         self._ops.append(req.apply)
 
     def purge(self, run_id: str, *, missing_ok: bool = False) -> None:
@@ -1152,6 +1222,7 @@ class AppendBatch:
         not exist is skipped instead of failing the batch."""
         rid = _validate.ident(run_id, "run_id")
         store = self._store
+        self._last.pop(run_id, None)
 
         def op(txn: Txn, batch: Batch) -> None:
             if missing_ok and store._header(txn, rid) is None:
