@@ -18,6 +18,8 @@ import msgspec
 import zstandard
 from bench import chat_states  # type: ignore[import-not-found]
 
+from steplog import _record
+
 
 def delta(payload: bytes, base: bytes, level: int) -> bytes:
     d = zstandard.ZstdCompressionDict(base, dict_type=zstandard.DICT_TYPE_RAWCONTENT)
@@ -58,6 +60,44 @@ def chain_costs(payloads: list[bytes], k: int, level: int) -> dict[str, float]:
     }
 
 
+def stream_costs(payloads: list[bytes], k: int) -> dict[str, float]:
+    """steplog's own codec (stream chains) with keyframe interval ``k``."""
+    saved = _record.KEYFRAME_INTERVAL
+    _record.KEYFRAME_INTERVAL = k
+    try:
+        bodies: list[_record.Body] = []
+        t = time.perf_counter()
+        for i, p in enumerate(payloads):
+            if i == 0:
+                body = _record.keyframe(p)
+            else:
+                prev = bodies[-1]
+                body = _record.follow(p, payloads[i - 1], prev.depth, prev.stream, prev.pos)
+            bodies.append(body)
+        enc = (time.perf_counter() - t) / len(payloads)
+    finally:
+        _record.KEYFRAME_INTERVAL = saved
+    records = [
+        _record.frame(b, seq=i, created_ns=0, status=_record.Status.RUNNING)
+        for i, b in enumerate(bodies)
+    ]
+    heads = [_record.read_header("r", i, r) for i, r in enumerate(records)]
+    # worst-case cold load: the deepest record, decoded from its keyframe
+    last = max(range(len(records)), key=lambda i: (heads[i].depth, i))
+    start = last - heads[last].depth
+    t = time.perf_counter()
+    for _ in range(5):
+        chain = _record.Chain()
+        for j in range(start, last + 1):
+            chain.decode("r", j, records[j], heads[j], 1 << 30)
+    worst = (time.perf_counter() - t) / 5
+    return {
+        "bytes": statistics.mean(len(r) for r in records),
+        "encode_us": enc * 1e6,
+        "worst_load_ms": worst * 1e3,
+    }
+
+
 def main() -> None:
     states = chat_states(4, 200)
     payloads = [msgspec.msgpack.encode((None, {}, s)) for run in states for s in run][:200]
@@ -76,6 +116,11 @@ def main() -> None:
                 f"{c['worst_load_ms']:>14.2f}"
             )
 
+    print("steplog stream chains (codecs 3/4, dictionary deltas where a stream cannot follow)")
+    print(f"{'K':>4} {'B/checkpoint':>25} {'encode us':>10} {'worst load ms':>14}")
+    for k in (16, 32, 64, 128):
+        c = stream_costs(payloads, k)
+        print(f"{k:>4} {c['bytes']:>25,.0f} {c['encode_us']:>10,.0f} {c['worst_load_ms']:>14.2f}")
     rng = random.Random(0)
     small: list[Any] = [
         {

@@ -9,7 +9,7 @@ import lmdb
 import pytest
 
 import steplog
-from steplog import _keys
+from steplog import _keys, _record
 
 
 @pytest.fixture
@@ -64,16 +64,17 @@ def test_verify_lists_exactly_the_damaged_records(path: Path, how: str) -> None:
             (f"run{run_no - 1}", index) for run_no, index in targets
         )
         unreadable = {(p.run_id, p.index) for p in report.problems if p.kind == "unreadable"}
-        # deltas after a damaged record, up to the next keyframe (every 32), cannot decode
-        assert ("run0", 6) in unreadable and ("run0", 31) in unreadable
-        assert ("run0", 32) not in unreadable
+        # deltas after a damaged record, up to the next keyframe (every K), cannot decode
+        k = _record.KEYFRAME_INTERVAL
+        assert ("run0", 6) in unreadable and ("run0", k - 1) in unreadable
+        assert ("run0", k) not in unreadable
         assert all(p.kind in ("damaged", "unreadable") for p in report.problems)
         for run_no, index in targets:
             with pytest.raises(steplog.CorruptRecord) as info:
                 store.load(f"run{run_no - 1}", index)
             assert info.value.index == index
         assert store.load("run0", 4) is not None  # before the damage: intact
-        assert store.load("run0", 32) is not None  # next keyframe: intact
+        assert store.load("run0", k) is not None  # next keyframe: intact
         assert store.load("kid").state["i"] == 10  # the fork is independent
 
 

@@ -57,10 +57,10 @@ HEADER_SIZE = HEADER.size
 #: text-heavy state at about half the CPU.
 ZSTD_LEVEL = 3
 #: Keyframe at least every KEYFRAME_INTERVAL records: loading any index decodes at most
-#: this many records. On the growing-chat workload 32 costs ~630 B per checkpoint (64:
-#: ~450 B, 16: ~990 B) while a worst-case load stays under ~0.5 ms for ~120 KB states
-#: (benchmarks/bench_codec.py).
-KEYFRAME_INTERVAL = 32
+#: this many records. With stream chains on the growing-chat workload, 64 costs ~490 B
+#: per checkpoint (32: ~680 B, 128: ~330 B) while a worst-case cold load of a ~120 KB
+#: state stays under ~1 ms (128: ~1.9 ms) (benchmarks/bench_codec.py).
+KEYFRAME_INTERVAL = 64
 #: zstd level for deltas. Level 1's small match tables miss most matches in a large
 #: dictionary (~3.1 KB per chat step vs ~0.63 KB at level 3, for similar CPU), so deltas
 #: use zstd's default level 3 (benchmarks/bench_codec.py).
