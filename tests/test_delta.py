@@ -351,3 +351,23 @@ def test_a_damaged_stream_block_fails_it_and_its_followers_only(path: Path) -> N
         report = store.verify()
         assert not report.ok
         assert {p.index for p in report.problems} == set(range(3, 8))
+
+
+def test_more_hot_runs_than_compressors_fit_keep_delta_chains(path: Path) -> None:
+    # 24 interleaved runs, room for ~3 live compressors: runs that lose theirs go on
+    # with dictionary deltas (not keyframes, not re-reading their chains).
+    runs, steps = 24, 12
+    msgs = _chat(6)
+    states = [{"messages": msgs, "step": i} for i in range(steps)]
+    with steplog.open(path, cache_size=2 << 20) as store:
+        for i in range(steps):
+            for r in range(runs):
+                store.append(f"r{r}", {**states[i], "run": r})
+        cache = store._cache
+        assert cache._stream_bytes <= cache._max_streams
+        for r in range(runs):
+            assert [c.state for c in store.history(f"r{r}")] == [{**st, "run": r} for st in states]
+    codecs = [c for r in range(runs) for c in _codecs(path, r + 1, steps)]
+    keyframes = codecs.count(_record.CODEC_STREAM_START) + codecs.count(_record.CODEC_ZSTD)
+    assert keyframes <= runs * 2  # the first record of each run, and rare restarts
+    assert codecs.count(_record.CODEC_DELTA) > runs * steps // 2

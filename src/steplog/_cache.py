@@ -13,7 +13,7 @@ import threading
 from collections import OrderedDict
 from dataclasses import dataclass
 
-from steplog._record import Stream
+from steplog._record import NO_STREAM, Stream
 
 #: Default bytes of decoded payloads kept: 1,000 hot runs of ~64 KiB states.
 DEFAULT_CACHE_BYTES = 64 << 20
@@ -39,9 +39,20 @@ class Latest:
 
 
 class LatestCache:
+    """Latest entries by run id, least recently used evicted first.
+
+    Live stream compressors may use at most half the budget: past that, the least
+    recently used entries lose theirs first (keeping their payloads), and those runs
+    continue their chains with dictionary deltas until their next keyframe starts a
+    new stream. So many hot runs degrade to dictionary deltas, not to re-reading
+    chains from disk.
+    """
+
     def __init__(self, max_bytes: int = DEFAULT_CACHE_BYTES) -> None:
         self._max = max_bytes
+        self._max_streams = max_bytes // 2
         self._bytes = 0
+        self._stream_bytes = 0
         self._entries: OrderedDict[str, Latest] = OrderedDict()
         self._lock = threading.Lock()
 
@@ -53,26 +64,44 @@ class LatestCache:
             return entry
 
     def put(self, run_id: str, entry: Latest) -> None:
-        size = entry.size
-        if size > self._max // 8:
-            if entry.stream is None:
-                return
-            entry = Latest(entry.index, entry.seq, entry.depth, entry.payload)
-            size = entry.size
-            if size > self._max // 8:
-                return
+        if entry.size > self._max // 8 and entry.stream is not None:
+            entry = _without_stream(entry)
+        if entry.size > self._max // 8:
+            return
         with self._lock:
-            old = self._entries.pop(run_id, None)
-            if old is not None:
-                self._bytes -= old.size
+            self._remove(run_id)
             self._entries[run_id] = entry
-            self._bytes += size
+            self._bytes += entry.size
+            if entry.stream is not None:
+                self._stream_bytes += entry.stream.memory
+            if self._stream_bytes > self._max_streams:
+                self._strip_streams()
             while self._bytes > self._max:
-                _, evicted = self._entries.popitem(last=False)
-                self._bytes -= evicted.size
+                self._remove(next(iter(self._entries)))
 
     def discard(self, run_id: str) -> None:
         with self._lock:
-            old = self._entries.pop(run_id, None)
-            if old is not None:
-                self._bytes -= old.size
+            self._remove(run_id)
+
+    def _remove(self, run_id: str) -> None:
+        old = self._entries.pop(run_id, None)
+        if old is not None:
+            self._bytes -= old.size
+            if old.stream is not None:
+                self._stream_bytes -= old.stream.memory
+
+    def _strip_streams(self) -> None:
+        """Drop the least recently used entries' compressors until within budget."""
+        for run_id, entry in self._entries.items():  # oldest first; values only replaced
+            if self._stream_bytes <= self._max_streams:
+                return
+            if entry.stream is not None:
+                stripped = _without_stream(entry)
+                self._entries[run_id] = stripped
+                self._bytes -= entry.size - stripped.size
+                self._stream_bytes -= entry.stream.memory
+
+
+def _without_stream(entry: Latest) -> Latest:
+    """The entry minus its compressor: the run's chain goes on as dictionary deltas."""
+    return Latest(entry.index, entry.seq, entry.depth, entry.payload, None, NO_STREAM)
