@@ -439,15 +439,6 @@ def _stream_decompressor() -> Any:
     return zstandard.ZstdDecompressor(max_window_size=1 << STREAM_MAX_WINDOW_LOG).decompressobj()
 
 
-def unpack_payload(
-    run_id: str, index: int, record: bytes, header: Header, limit: int, base: bytes | None = None
-) -> bytes:
-    """Decode one record on its own: a keyframe, or a dictionary delta on ``base``
-    (the decoded payload of the run's previous record). Stream blocks need a
-    :class:`Chain` walked from their keyframe."""
-    return Chain(index - 1, base).decode(run_id, index, record, header, limit)
-
-
 def decoder_for(type_: Any) -> msgspec.msgpack.Decoder[Any]:
     dec = _typed_decoders.get(type_)
     if dec is None:

@@ -567,11 +567,11 @@ class Store:
     ) -> _AppendRequest:
         """Validate, encode and compress an append outside any transaction.
 
-        Compression happens here, in the caller's thread and outside the commit (zstd
-        releases the GIL), as the record after the run's cached latest, or after
-        ``prior`` (an earlier append to the same run in the same batch); the commit
-        re-checks that base. Without either, the commit compresses against the run's
-        actual latest record."""
+        Compression happens here, in the caller's thread, so the leader's write
+        transaction stays short: the payload is compressed as the record after the
+        run's cached latest, or after ``prior`` (an earlier append to the same run in
+        the same batch); the commit re-checks that base. Without either, the commit
+        compresses against the run's actual latest record."""
         rid = _validate.ident(run_id, "run_id")
         wf = _validate.optional_ident(workflow_id, "workflow_id")
         node_key = _validate.optional_ident(node, "node")
