@@ -189,6 +189,17 @@ def test_a_keyframe_is_stored_when_the_delta_is_not_smaller(path: Path) -> None:
     assert depth == 0 and record[1] == _record.CODEC_RAW
 
 
+def test_an_incompressible_state_after_a_stream_is_a_keyframe(path: Path) -> None:
+    rng = random.Random(9)
+    states = [{"text": "abc " * 500}] + [{"blob": rng.randbytes(3000)} for _ in range(3)]
+    with steplog.open(path) as store:
+        for st in states:
+            store.append("r", st)
+    with steplog.open(path, cache_size=0) as store:
+        assert [c.state for c in store.history("r")] == states
+    assert _depths(path, 1, 4) == [0, 0, 0, 0]
+
+
 def test_history_survives_tail_rewrite_between_chunks(path: Path) -> None:
     from steplog import store as store_module
 

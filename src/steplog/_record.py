@@ -270,9 +270,11 @@ def follow(payload: bytes, base: bytes, base_depth: int, stream: Stream | None, 
     """Compress ``payload`` as the record after the run's latest (decoded ``base``, at
     ``base_depth``, written as block ``pos`` of ``stream`` if not None).
 
-    Within the keyframe interval: the next block of that stream when it can take it;
-    else a dictionary delta, which then carries the chain to its next keyframe
-    (``pos`` NO_STREAM). A latest record without a stream (decoded from disk) is
+    Within the keyframe interval: the next block of that stream when it can take it
+    and it is smaller than the payload (not compared with a keyframe: the same
+    compressor with more history behind it does not do worse than a fresh one, and
+    the check would cost a second compression); else a dictionary delta, which then
+    carries the chain to its next keyframe (``pos`` NO_STREAM). A latest record without a stream (decoded from disk) is
     followed by a keyframe that starts one. Payloads too large for streams use
     dictionary deltas throughout."""
     depth = base_depth + 1
@@ -280,7 +282,7 @@ def follow(payload: bytes, base: bytes, base_depth: int, stream: Stream | None, 
         return keyframe(payload)
     if stream is not None:
         data = stream.follow(pos, len(base), payload)
-        if data is not None and not _too_big(payload, data):
+        if data is not None and len(data) < len(payload):
             return Body(CODEC_STREAM_NEXT, data, depth, len(payload), stream, stream.pos)
     elif pos != NO_STREAM and len(payload) <= STREAM_MAX_PAYLOAD:
         return keyframe(payload)
