@@ -274,13 +274,17 @@ def follow(payload: bytes, base: bytes, base_depth: int, stream: Stream | None, 
     and it is smaller than the payload (not compared with a keyframe: the same
     compressor with more history behind it does not do worse than a fresh one, and
     the check would cost a second compression); else a dictionary delta, which then
-    carries the chain to its next keyframe (``pos`` NO_STREAM). A latest record without a stream (decoded from disk) is
-    followed by a keyframe that starts one. Payloads too large for streams use
-    dictionary deltas throughout."""
+    carries the chain to its next keyframe (``pos`` NO_STREAM). A state that outgrew
+    its stream's window starts a new stream with a keyframe (a dictionary delta per
+    append costs several times a stream block's CPU). A latest record without a
+    stream (decoded from disk) is followed by a keyframe that starts one. Payloads
+    too large for streams use dictionary deltas throughout."""
     depth = base_depth + 1
     if depth >= _interval(payload):
         return keyframe(payload)
     if stream is not None:
+        if len(base) + len(payload) > stream.window and len(payload) <= STREAM_MAX_PAYLOAD:
+            return keyframe(payload)  # outgrew the window: a new, wider stream
         data = stream.follow(pos, len(base), payload)
         if data is not None and len(data) < len(payload):
             return Body(CODEC_STREAM_NEXT, data, depth, len(payload), stream, stream.pos)
