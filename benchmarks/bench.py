@@ -343,6 +343,13 @@ def w_langgraph(d: Path, args: dict[str, Any]) -> dict[str, Any]:
             saver.put_writes(config, [("messages", st["messages"][-1])], f"task-{i}")
 
     rate = n / run_threads(threads, put_thread)
+    # bytes of the chat workload alone, before the reads and invokes below add theirs
+    size = None
+    if kind == "sqlite":
+        saver.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        size = dir_bytes(d) / n
+    elif kind == "steplog":
+        size = dir_bytes(d / "steplog") / n
     lat = []
     rng = random.Random(3)
     for _ in range(500):
@@ -356,13 +363,8 @@ def w_langgraph(d: Path, args: dict[str, Any]) -> dict[str, Any]:
     listed = len(list(saver.list({"configurable": {"thread_id": "thread-0"}})))
     list_ms = (time.perf_counter() - a) * 1e3
     invokes = _lg_invokes(saver, args["invokes"])
-    size = None
-    if kind == "sqlite":
-        saver.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-        size = dir_bytes(d) / n
-    elif kind == "steplog":
+    if kind == "steplog":
         saver.close()
-        size = dir_bytes(d / "steplog") / n
     return {
         "rate": rate,
         "bytes": size,
