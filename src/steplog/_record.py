@@ -271,9 +271,9 @@ def follow(payload: bytes, base: bytes, base_depth: int, stream: Stream | None, 
     ``base_depth``, written as block ``pos`` of ``stream`` if not None).
 
     Within the keyframe interval: the next block of that stream when it can take it
-    and it is smaller than the payload (not compared with a keyframe: the same
-    compressor with more history behind it does not do worse than a fresh one, and
-    the check would cost a second compression); else a dictionary delta, which then
+    and is clearly smaller than a keyframe (compared only when the block is over a
+    quarter of the payload, so a growing state's blocks cost one compression); else
+    a dictionary delta, which then
     carries the chain to its next keyframe (``pos`` NO_STREAM). A state that outgrew
     its stream's window starts a new stream with a keyframe (a dictionary delta per
     append costs several times a stream block's CPU). A latest record without a
@@ -286,7 +286,7 @@ def follow(payload: bytes, base: bytes, base_depth: int, stream: Stream | None, 
         if len(base) + len(payload) > stream.window and len(payload) <= STREAM_MAX_PAYLOAD:
             return keyframe(payload)  # outgrew the window: a new, wider stream
         data = stream.follow(pos, len(base), payload)
-        if data is not None and len(data) < len(payload):
+        if data is not None and not _too_big(payload, data):
             return Body(CODEC_STREAM_NEXT, data, depth, len(payload), stream, stream.pos)
     elif pos != NO_STREAM and len(payload) <= STREAM_MAX_PAYLOAD:
         return keyframe(payload)
