@@ -202,11 +202,15 @@ class Stream:
         self.memory = self._cctx.memory_size()
         return data
 
-    def follow(self, pos: int, prev_len: int, payload: bytes) -> bytes | None:
-        """The block for ``payload`` right after block ``pos`` (whose payload had
-        ``prev_len`` bytes), or None if the stream has moved on, is busy in another
-        thread, or cannot reach the previous payload."""
-        if prev_len + len(payload) > self.window or not self._lock.acquire(blocking=False):
+    def fits(self, prev_len: int, payload_len: int) -> bool:
+        """Whether a payload can match against the previous one (of ``prev_len``
+        bytes): both must fit in the window."""
+        return prev_len + payload_len <= self.window
+
+    def follow(self, pos: int, payload: bytes) -> bytes | None:
+        """The block for ``payload`` right after block ``pos``, or None if the stream
+        has moved on or is busy in another thread. Check :meth:`fits` first."""
+        if not self._lock.acquire(blocking=False):
             return None
         try:
             return self._block(payload) if self.pos == pos else None
@@ -273,8 +277,8 @@ def follow(payload: bytes, base: bytes, base_depth: int, stream: Stream | None, 
     Within the keyframe interval: the next block of that stream when it can take it
     and is clearly smaller than a keyframe (compared only when the block is over a
     quarter of the payload, so a growing state's blocks cost one compression); else
-    a dictionary delta, which then
-    carries the chain to its next keyframe (``pos`` NO_STREAM). A state that outgrew
+    a dictionary delta, which then carries the chain to its next keyframe (``pos``
+    NO_STREAM). A state that outgrew
     its stream's window starts a new stream with a keyframe (a dictionary delta per
     append costs several times a stream block's CPU). A latest record without a
     stream (decoded from disk) is followed by a keyframe that starts one. Payloads
@@ -283,11 +287,12 @@ def follow(payload: bytes, base: bytes, base_depth: int, stream: Stream | None, 
     if depth >= _interval(payload):
         return keyframe(payload)
     if stream is not None:
-        if len(base) + len(payload) > stream.window and len(payload) <= STREAM_MAX_PAYLOAD:
+        if stream.fits(len(base), len(payload)):
+            data = stream.follow(pos, payload)
+            if data is not None and not _too_big(payload, data):
+                return Body(CODEC_STREAM_NEXT, data, depth, len(payload), stream, stream.pos)
+        elif len(payload) <= STREAM_MAX_PAYLOAD:
             return keyframe(payload)  # outgrew the window: a new, wider stream
-        data = stream.follow(pos, len(base), payload)
-        if data is not None and not _too_big(payload, data):
-            return Body(CODEC_STREAM_NEXT, data, depth, len(payload), stream, stream.pos)
     elif pos != NO_STREAM and len(payload) <= STREAM_MAX_PAYLOAD:
         return keyframe(payload)
     body = compress(payload, base, depth)
