@@ -9,9 +9,8 @@ from typing import Any
 import lmdb
 import pytest
 
-import _stored
 import steplog
-from steplog import _record
+from steplog import _keys, _record
 
 K = _record.KEYFRAME_INTERVAL
 
@@ -39,7 +38,7 @@ def _depths(path: Path, run_no: int, n: int) -> list[int]:
         with env.begin() as txn:
             out = []
             for i in range(n):
-                raw = _stored.record(txn, run_no, i)
+                raw = txn.get(_keys.log_key(run_no, i))
                 out.append(_record.read_header("r", i, raw).depth)
             return out
     finally:
@@ -87,7 +86,7 @@ def test_delta_records_are_much_smaller_than_keyframes(path: Path) -> None:
             store.append("r", st)
     env = lmdb.open(str(path), readonly=True, lock=False)
     with env.begin() as txn:
-        sizes = [len(_stored.record(txn, 1, i)) for i in range(K)]
+        sizes = [len(txn.get(_keys.log_key(1, i))) for i in range(K)]
     env.close()
     full_last = len(
         _record.pack(
@@ -203,7 +202,7 @@ def test_a_state_that_outgrows_its_stream_window_starts_a_wider_stream(path: Pat
     assert depths == list(range(restart)) + list(range(K - restart))
     env = lmdb.open(str(path), readonly=True, lock=False)
     with env.begin() as txn:
-        codecs = [_stored.record(txn, 1, i)[1] for i in range(K)]
+        codecs = [txn.get(_keys.log_key(1, i))[1] for i in range(K)]
     env.close()
     assert _record.CODEC_DELTA not in codecs  # never the costlier dictionary deltas
     with steplog.open(path, cache_size=0) as store:
@@ -282,7 +281,7 @@ def _codecs(path: Path, run_no: int, n: int) -> list[int]:
     env = lmdb.open(str(path), readonly=True, lock=False)
     try:
         with env.begin() as txn:
-            return [_stored.record(txn, run_no, i)[1] for i in range(n)]
+            return [txn.get(_keys.log_key(run_no, i))[1] for i in range(n)]
     finally:
         env.close()
 
@@ -373,7 +372,7 @@ def test_a_damaged_stream_block_fails_it_and_its_followers_only(path: Path) -> N
     assert _codecs(path, 1, 8)[3] == _record.CODEC_STREAM_NEXT
     env = lmdb.open(str(path))
     with env.begin(write=True) as txn:
-        key = _stored.record_key(txn, 1, 3)
+        key = _keys.log_key(1, 3)
         raw = bytearray(txn.get(key))
         raw[-2] ^= 0xFF
         txn.put(key, bytes(raw))

@@ -11,7 +11,6 @@ import lmdb
 import msgspec
 import pytest
 
-import _stored
 import steplog
 from steplog import _keys, _record
 from steplog.errors import (
@@ -34,7 +33,7 @@ def _rewrite_record(path: Path, run_no: int, index: int, mutate) -> None:  # typ
     env = lmdb.open(str(path))
     try:
         with env.begin(write=True) as txn:
-            key = _stored.record_key(txn, run_no, index)
+            key = _keys.log_key(run_no, index)
             raw = txn.get(key)
             assert raw is not None
             txn.put(key, mutate(bytearray(raw)))
@@ -168,75 +167,6 @@ def test_newer_format_is_refused_unchanged(path: Path) -> None:
     assert (path / "data.mdb").read_bytes() == before
 
 
-def _downgrade_to_format_1(path: Path, damage: tuple[int, int] | None = None) -> None:
-    """Rewrite a store into format 1's layout: each record under its run's segment
-    (``S`` run 0x00 index -> record), no log. ``damage`` truncates one record."""
-    env = lmdb.open(str(path))
-    with env.begin(write=True) as txn:
-        entries = [
-            (k, v)
-            for k, v in txn.cursor()
-            if k[:1] == _keys.SEGMENT and len(k) == _keys.INDEX_KEY_SIZE and k[9:10] == b"\0"
-        ]
-        for key, ref in entries:
-            record = txn.pop(_keys.LOG + ref)
-            if damage == (_keys.U64.unpack_from(key, 1)[0], _keys.index_of(key)):
-                record = record[:10]
-            txn.put(key, record)
-        assert not any(k[:1] == _keys.LOG for k in txn.cursor().iternext(values=False))
-        txn.put(_keys.META_FORMAT, msgspec.msgpack.encode({"magic": "steplog", "version": 1}))
-    env.close()
-
-
-def _format(path: Path) -> int:
-    env = lmdb.open(str(path), readonly=True, lock=False)
-    with env.begin() as txn:
-        version: int = msgspec.msgpack.decode(txn.get(_keys.META_FORMAT))["version"]
-    env.close()
-    return version
-
-
-def test_format_1_store_is_upgraded_in_place_on_open(path: Path) -> None:
-    states = {
-        f"r{r}": [{"step": i, "text": "x" * (i * 40 + r)} for i in range(70)] for r in range(3)
-    }
-    with steplog.open(path) as store:
-        for i in range(70):
-            for run, sts in states.items():
-                store.append(run, sts[i], node=f"n{i % 5}", workflow_id="wf")
-        store.fork("r0", 9, "kid")
-        store.append("kid", {"kid": True})
-    _downgrade_to_format_1(path)
-    assert _format(path) == 1
-    with steplog.open(path) as store:
-        assert store.verify().ok
-        for run, sts in states.items():
-            assert [cp.state for cp in store.history(run)] == sts
-            assert store.load(run, 33).state == sts[33]
-            assert store.load(run, node="n2").index == 67
-        assert store.load("kid").state == {"kid": True}
-        assert [cp.state for cp in store.history("kid")] == [states["r0"][9], {"kid": True}]
-        store.append("r1", {"after": 1})  # new records append after the upgraded ones
-        assert store.delete_latest("r2") is not None
-        assert store.load("r1").state == {"after": 1}
-        assert store.verify().ok
-    assert _format(path) == 2
-    with steplog.open(path) as store:  # the upgrade is done once
-        assert store.load("r2").state == states["r2"][-2]
-
-
-def test_upgrade_keeps_a_damaged_record_for_verify_to_report(path: Path) -> None:
-    with steplog.open(path) as store:
-        for i in range(10):
-            store.append("r", {"i": i})
-    _downgrade_to_format_1(path, damage=(1, 4))
-    with steplog.open(path) as store:
-        assert store.verify().damaged == [("r", 4)]
-        assert store.load("r", 3).state == {"i": 3}
-        with pytest.raises(CorruptRecord):
-            store.load("r", 4)
-
-
 def test_handle_used_after_fork_raises(path: Path) -> None:
     store = steplog.open(path)
     store.append("r", 1)
@@ -323,16 +253,11 @@ def test_hostile_frame_that_lies_about_its_size_is_refused(path: Path, content_s
     with steplog.open(path) as store:
         store.append("r", "x")
     bomb = zstandard.ZstdCompressor(write_content_size=content_size).compress(b"\0" * (256 << 20))
-
-    def hostile(old: bytearray) -> bytes:
-        seq = _record.HEADER.unpack_from(old)[5]  # the record's own seq: only its body lies
-        head = _record.HEADER.pack(1, _record.CODEC_ZSTD, 0, 0, 0, seq, 0, 100)
-        crc = zlib.crc32(bomb, zlib.crc32(head[8:], zlib.crc32(head[:4])))
-        record = head[:4] + struct.pack("<I", crc) + head[8:] + bomb
-        assert len(record) < 64 << 10
-        return record
-
-    _rewrite_record(path, 1, 0, hostile)
+    head = _record.HEADER.pack(1, _record.CODEC_ZSTD, 0, 0, 0, 1, 0, 100)
+    crc = zlib.crc32(bomb, zlib.crc32(head[8:], zlib.crc32(head[:4])))
+    record = head[:4] + struct.pack("<I", crc) + head[8:] + bomb
+    assert len(record) < 64 << 10
+    _rewrite_record(path, 1, 0, lambda _b: record)
     with steplog.open(path) as store:
         with pytest.raises(CorruptRecord, match="size"):
             store.load("r")

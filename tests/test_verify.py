@@ -8,7 +8,6 @@ from pathlib import Path
 import lmdb
 import pytest
 
-import _stored
 import steplog
 from steplog import _keys, _record
 
@@ -49,12 +48,12 @@ def test_verify_lists_exactly_the_damaged_records(path: Path, how: str) -> None:
     env = _raw(path)
     with env.begin() as txn:  # where run0's chain after index 5 restarts
         depths = [
-            _record.read_header("run0", i, _stored.record(txn, 1, i)).depth for i in range(70)
+            _record.read_header("run0", i, txn.get(_keys.log_key(1, i))).depth for i in range(70)
         ]
     keyframe = next(i for i in range(6, 70) if depths[i] == 0)
     with env.begin(write=True) as txn:
         for run_no, index in targets:
-            key = _stored.record_key(txn, run_no, index)
+            key = _keys.log_key(run_no, index)
             raw = bytearray(txn.get(key))
             if how == "flip":
                 raw[len(raw) // 2] ^= 0x10
@@ -92,7 +91,7 @@ def test_verify_finds_index_disagreements(path: Path) -> None:
     with env.begin(write=True) as txn:
         txn.delete(_keys.recent_key(seq))  # run1 vanishes from runs()
         txn.put(_keys.node_key(1, b"ghost", 3), b"")  # a node entry no record backs
-        txn.delete(_keys.index_key(2, 4))  # a hole at run1's tail
+        txn.delete(_keys.log_key(2, 4))  # a hole at run1's tail
     env.close()
     with steplog.open(path) as store:
         problems = store.verify().problems

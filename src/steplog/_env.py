@@ -17,12 +17,11 @@ from pathlib import Path
 import lmdb
 import msgspec
 
-from steplog import _keys, _upgrade
-from steplog._writer import SEQ_SHIFT
+from steplog import _keys
 from steplog.errors import NotAStore, StorageError, UnsupportedFormat
 
 FORMAT_MAGIC = "steplog"
-FORMAT_VERSION = 2
+FORMAT_VERSION = 1
 
 #: Initial map: large enough that most stores never resize (the file grows only as
 #: data is written; the map is address space, not disk).
@@ -191,9 +190,7 @@ def _init(env: lmdb.Environment, path: Path, existing: bool) -> None:
     try:
         if existing and env.stat()["entries"]:
             with env.begin() as txn:
-                version = _check_format(path, txn.get(_keys.META_FORMAT))
-            if version < FORMAT_VERSION:
-                _upgrade_in_place(env, path)
+                _check_format(path, txn.get(_keys.META_FORMAT))
             return
         with env.begin(write=True) as txn:
             marker = _FormatMarker(FORMAT_MAGIC, FORMAT_VERSION)
@@ -202,26 +199,7 @@ def _init(env: lmdb.Environment, path: Path, existing: bool) -> None:
         raise StorageError(f"cannot open store at {str(path)!r}: {exc}") from exc
 
 
-def _upgrade_in_place(env: lmdb.Environment, path: Path) -> None:
-    """Bring a format-1 store to the current format in one transaction (see _upgrade),
-    growing the map when the moved records need room (the old pages are freed only at
-    commit)."""
-    while True:
-        try:
-            with env.begin(write=True) as txn:
-                version = _check_format(path, txn.get(_keys.META_FORMAT))
-                if version >= FORMAT_VERSION:
-                    return  # another process upgraded it first
-                _upgrade.upgrade_1_to_2(txn, txn.id() << SEQ_SHIFT)
-                marker = _FormatMarker(FORMAT_MAGIC, FORMAT_VERSION)
-                txn.put(_keys.META_FORMAT, msgspec.msgpack.encode(marker))
-            return
-        except lmdb.MapFullError:
-            env.set_mapsize(env.info()["map_size"] * 2)
-
-
-def _check_format(path: Path, raw: bytes | None) -> int:
-    """The store's format version; raise if it is not a steplog store this reads."""
+def _check_format(path: Path, raw: bytes | None) -> None:
     if raw is None:
         raise NotAStore(f"{str(path)!r} holds an LMDB environment that is not a steplog store")
     try:
@@ -235,7 +213,6 @@ def _check_format(path: Path, raw: bytes | None) -> int:
             f"{str(path)!r} was written in steplog format {marker.version}; this steplog "
             f"reads format {FORMAT_VERSION} or older. Upgrade steplog to open it."
         )
-    return marker.version
 
 
 def next_map_size(current: int, used: int, limit: int | None) -> int:

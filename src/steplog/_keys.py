@@ -3,10 +3,8 @@
 Every key is built so that byte order equals logical order and no two logical keys
 share an encoding: integers are fixed-width big-endian, and variable-length ids are
 NUL-terminated (ids may not contain NUL), so one id's range never contains another's.
-Records live in one store-wide log keyed by their seq, under the greatest tag: seqs
-only grow, so every record is written at the very end of the B-tree (MDB_APPEND) and
-log pages fill completely however many runs interleave. A run's index entries
-(index -> seq), header and node entries share one key range (its *segment*). See
+A run's records, header and node entries share one key range (its *segment*), so an
+append dirties the run's tail page rather than one page per index. See
 docs/ARCHITECTURE.md for the table.
 """
 
@@ -31,12 +29,9 @@ SEGMENT = b"S"
 WORKFLOWS = b"W"
 RECENT = b"G"
 CHILDREN = b"C"
-#: The greatest tag, so a new record (newest seq) is always the last key of the store.
-LOG = b"Z"
-TAGS = (META, IDS, SEGMENT, WORKFLOWS, RECENT, CHILDREN, LOG)
 
 # within a segment
-_INDEX = b"\x00"
+_RECORD = b"\x00"
 _HEADER = b"\x01"
 _NODE = b"\x02"
 
@@ -54,32 +49,21 @@ def segment_prefix(run_no: int) -> bytes:
     return SEGMENT + U64.pack(run_no)
 
 
-def index_prefix(run_no: int) -> bytes:
-    return SEGMENT + U64.pack(run_no) + _INDEX
+def log_prefix(run_no: int) -> bytes:
+    return SEGMENT + U64.pack(run_no) + _RECORD
 
 
-def index_key(run_no: int, index: int) -> bytes:
-    """``S`` run number, 0x00, index -> the record's seq (u64)."""
-    return SEGMENT + U64.pack(run_no) + _INDEX + U64.pack(index)
+def log_key(run_no: int, index: int) -> bytes:
+    """``S`` run number, 0x00, index -> record."""
+    return SEGMENT + U64.pack(run_no) + _RECORD + U64.pack(index)
 
 
-INDEX_KEY_SIZE = 1 + 8 + 1 + 8
+LOG_KEY_SIZE = 1 + 8 + 1 + 8
 
 
-def index_of(key: bytes) -> int:
-    """The checkpoint index of an index entry's key."""
+def log_index(key: bytes) -> int:
     index: int = U64.unpack_from(key, 10)[0]
     return index
-
-
-def record_key(seq: int) -> bytes:
-    """``Z`` seq -> record (the seq is also in the record's header)."""
-    return LOG + U64.pack(seq)
-
-
-def record_seq(key: bytes) -> int:
-    seq: int = U64.unpack_from(key, 1)[0]
-    return seq
 
 
 def header_key(run_no: int) -> bytes:

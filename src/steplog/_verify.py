@@ -1,9 +1,8 @@
 """``Store.verify()``: check every record and that every index agrees with the log.
 
 One read transaction (a consistent snapshot), one pass over the key space in key
-order: segments (index entries with the records they point to, headers, node
-entries), then the ids, recency, workflow and children tables and the log itself
-(no record outside every run's index) are checked against what the segments say.
+order: segments (records, headers, node entries), then the ids, recency, workflow and
+children tables are checked against what the segments say.
 """
 
 from __future__ import annotations
@@ -36,7 +35,6 @@ def verify(store: Store, txn: Txn, decode_header: Any) -> VerifyReport:
     problems: list[Problem] = []
     segments: dict[int, _Segment] = defaultdict(_Segment)
     records = 0
-    referenced: set[int] = set()
 
     def problem(run_id: str, index: int | None, kind: str, detail: str) -> None:
         problems.append(Problem(run_id=run_id, index=index, kind=kind, detail=detail))
@@ -59,26 +57,15 @@ def verify(store: Store, txn: Txn, decode_header: Any) -> VerifyReport:
         run_id = ids.get(run_no, f"#{run_no}")
         kind = key[9:10]
         if kind == b"\x00":
-            index = _keys.index_of(key)
+            index = _keys.log_index(key)
             if run_no != cur_no:
                 cur_no, chain = run_no, _record.Chain()
             seg.records.append(index)
             records += 1
-            raw = txn.get(_keys.LOG + value) if len(value) == 8 else None
-            if raw is None:
-                problem(run_id, index, "missing", "index entry points to no record")
-                chain = _record.Chain()
-                continue
-            seq = U64.unpack(value)[0]
-            referenced.add(seq)
             try:
-                head = _record.read_header(run_id, index, raw)
+                head = _record.read_header(run_id, index, value)
             except CorruptRecord as exc:
                 problem(run_id, index, "damaged", exc.detail)
-                chain = _record.Chain()
-                continue
-            if head.seq != seq:
-                problem(run_id, index, "index", f"index entry says seq {seq}, record {head.seq}")
                 chain = _record.Chain()
                 continue
             seg.last_head = (index, head)
@@ -87,7 +74,7 @@ def verify(store: Store, txn: Txn, decode_header: Any) -> VerifyReport:
                 chain = _record.Chain()
                 continue
             try:
-                payload = chain.decode(run_id, index, raw, head, limit)
+                payload = chain.decode(run_id, index, value, head, limit)
                 node, _meta, _state = _record.decode_payload(run_id, index, payload)
             except CorruptRecord as exc:
                 problem(run_id, index, "damaged", exc.detail)
@@ -152,15 +139,6 @@ def verify(store: Store, txn: Txn, decode_header: Any) -> VerifyReport:
     for run_no, run_id in ids.items():
         if run_no not in headers:
             problem(run_id, None, "index", "id entry for a run that has no header")
-
-    # ---- the log: every record belongs to exactly one run's index
-    orphans = [
-        _keys.record_seq(key)
-        for key, _ in _scan(txn, _keys.LOG)
-        if _keys.record_seq(key) not in referenced
-    ]
-    if orphans:
-        problem("", None, "index", f"{len(orphans)} records in no run's index: seqs {orphans[:5]}")
 
     # ---- recency and workflow indexes: exactly one entry per run, at its seq
     seen_recent: dict[int, int] = defaultdict(int)

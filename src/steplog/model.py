@@ -68,8 +68,8 @@ class Problem(msgspec.Struct, frozen=True, kw_only=True):
     ``kind`` is one of: ``damaged`` (the record's own bytes fail their checksum or do
     not decode), ``unreadable`` (an intact delta record whose base is damaged),
     ``missing`` (the run's records are not exactly 0..length-1), ``header`` (the run
-    header is unreadable or disagrees with its latest record), ``index`` (an index
-    disagrees with the log; ``run_id`` is ``""`` for log records no run indexes).
+    header is unreadable or disagrees with its latest record), ``index`` (a secondary
+    index disagrees with the log).
     """
 
     run_id: str

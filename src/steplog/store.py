@@ -257,17 +257,9 @@ class Store:
         return value
 
     def _raw_record(self, txn: Txn, hdr: _RunHeader, run_id: str, index: int) -> bytes:
-        ref = txn.get(_keys.index_key(hdr.run_no, index))
-        if ref is None:
-            raise CorruptRecord(run_id, index, "record missing from a run's dense range")
-        return self._logged(txn, run_id, index, ref)
-
-    @staticmethod
-    def _logged(txn: Txn | lmdb.Cursor[bytes], run_id: str, index: int, ref: bytes) -> bytes:
-        """The record an index entry (``ref``: its seq) points to, from the log."""
-        raw = txn.get(_keys.LOG + ref) if len(ref) == 8 else None
+        raw = txn.get(_keys.log_key(hdr.run_no, index))
         if raw is None:
-            raise CorruptRecord(run_id, index, "index entry points to no record")
+            raise CorruptRecord(run_id, index, "record missing from a run's dense range")
         return raw
 
     def _payload(
@@ -447,10 +439,7 @@ class Store:
                 body = _record.compress(payload, base.payload, base.depth + 1)
         depth = body.depth
         record = _record.frame(body, seq=seq, created_ns=created_ns, status=status)
-        seq_key = U64.pack(seq)
-        # seqs only grow and the log's tag is the greatest: a true append, full pages
-        txn.put(_keys.LOG + seq_key, record, append=True)
-        txn.put(_keys.index_key(hdr.run_no, index), seq_key)
+        txn.put(_keys.log_key(hdr.run_no, index), record)
         if node is not None:
             txn.put(_keys.node_key(hdr.run_no, node, index), b"")
         new = msgspec.structs.replace(
@@ -779,10 +768,7 @@ class Store:
             else:
                 seq = batch.next_seq()
                 updated, status = max(time.time_ns(), hdr.updated_ns), _NO_STATUS
-            ref = txn.get(_keys.index_key(hdr.run_no, index))
-            if ref is not None:
-                txn.delete(_keys.LOG + ref)
-            txn.delete(_keys.index_key(hdr.run_no, index))
+            txn.delete(_keys.log_key(hdr.run_no, index))
             if gone.node is not None:
                 txn.delete(_keys.node_key(hdr.run_no, gone.node.encode(), index))
             new = msgspec.structs.replace(
@@ -816,16 +802,6 @@ class Store:
 
     def _apply_purge(self, txn: Txn, batch: Batch, run_id: str, rid: bytes) -> int:
         hdr = self._require(txn, rid)
-        cur = txn.cursor()
-        refs: list[bytes] = []
-        prefix = _keys.index_prefix(hdr.run_no)
-        if cur.set_range(prefix):
-            for key, ref in cur:
-                if not key.startswith(prefix):
-                    break
-                refs.append(ref)
-        for ref in refs:
-            txn.delete(_keys.LOG + ref)
         self._delete_prefix(txn, _keys.segment_prefix(hdr.run_no))
         self._delete_prefix(txn, _keys.child_prefix(hdr.run_no))
         if hdr.parent_run_no is not None and hdr.parent_index is not None:
@@ -1049,7 +1025,7 @@ class Store:
         # change, but the tail may be deleted and re-appended between chunks: the
         # carried seq is checked against the stored record before it is trusted.
         prev: tuple[int, _record.Chain] | None = None
-        segment = _keys.index_prefix(hdr.run_no)
+        segment = _keys.log_prefix(hdr.run_no)
         at = first
         while at < last:
             chunk_end = min(at + HISTORY_CHUNK, last)
@@ -1063,25 +1039,23 @@ class Store:
                 chain = _record.Chain()
                 if carried is not None:
                     seq, chain = carried
-                    ref = txn.get(_keys.index_key(hdr.run_no, chain.index))
-                    if ref is None or U64.unpack(ref)[0] != seq:
+                    raw_prev = txn.get(_keys.log_key(hdr.run_no, chain.index))
+                    if raw_prev is None or (
+                        _record.read_header(run_id, chain.index, raw_prev).seq != seq
+                    ):
                         chain = _record.Chain()
                 cur = txn.cursor()
-                # a second cursor walks the log: a run's records lie in seq order, so
-                # each lookup usually lands on the page the previous one read
-                log = txn.cursor()
                 out: list[Checkpoint] = []
-                if not cur.set_key(_keys.index_key(hdr.run_no, lo)):
+                if not cur.set_key(_keys.log_key(hdr.run_no, lo)):
                     return out, carried
                 limit = self.max_record_size
                 seq = -1
-                for key, ref in cur:
-                    if len(key) != _keys.INDEX_KEY_SIZE or not key.startswith(segment):
+                for key, raw in cur:
+                    if len(key) != _keys.LOG_KEY_SIZE or not key.startswith(segment):
                         break
-                    index = _keys.index_of(key)
+                    index = _keys.log_index(key)
                     if index >= hi:
                         break
-                    raw = self._logged(log, run_id, index, ref)
                     head = _record.read_header(run_id, index, raw)
                     if chain.can_take(index, head):
                         payload = chain.decode(run_id, index, raw, head, limit)
