@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import threading
+import time
 from pathlib import Path
 
+import lmdb
 import pytest
 
 import steplog
@@ -153,3 +155,61 @@ def test_close_commits_queued_appends(path: Path) -> None:
     assert not errors
     with steplog.open(path) as again:
         assert sum(r.length for r in again.runs()) == len(done) == 80
+
+
+def _wait_until(cond, timeout: float = 10.0) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while not cond():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.001)
+
+
+def test_callers_of_a_committed_batch_wake_even_if_the_next_batch_fails(path: Path) -> None:
+    """A committed batch's callers are woken by the next leader (after it runs its own
+    operations); if that next batch fails, they still return their results."""
+    with steplog.open(path) as store:
+        writer = store._writer
+        queued = writer._queue
+
+        def put(key: bytes, wait_for_queue: int = 0):  # type: ignore[no-untyped-def]
+            def op(txn, batch):  # type: ignore[no-untyped-def]
+                _wait_until(lambda: len(queued) >= wait_for_queue)
+                txn.put(key, b"v")
+                return key
+
+            return op
+
+        def fail(txn, batch):  # type: ignore[no-untyped-def]
+            raise lmdb.Error("the disk went away")
+
+        results: dict[str, object] = {}
+
+        def call(name: str, op) -> None:  # type: ignore[no-untyped-def]
+            try:
+                results[name] = writer.submit(op)
+            except steplog.StepLogError as exc:
+                results[name] = exc
+
+        threads = {
+            # b leads alone and waits inside its batch until c and d queue behind it
+            "b": threading.Thread(target=call, args=("b", put(b"tb", wait_for_queue=2))),
+            # c leads the batch [c, d] and waits inside it until e queues behind it
+            "c": threading.Thread(target=call, args=("c", put(b"tc", wait_for_queue=1))),
+            "d": threading.Thread(target=call, args=("d", put(b"td"))),
+            "e": threading.Thread(target=call, args=("e", fail)),
+        }
+        threads["b"].start()
+        _wait_until(lambda: writer._leading and not queued)
+        threads["c"].start()
+        _wait_until(lambda: len(queued) == 1)
+        threads["d"].start()
+        _wait_until(lambda: len(queued) == 0)  # b's batch committed: [c, d] is running
+        threads["e"].start()
+        for t in threads.values():
+            t.join(timeout=30)
+            assert not t.is_alive()
+        assert results["b"] == b"tb" and results["c"] == b"tc" and results["d"] == b"td"
+        assert isinstance(results["e"], steplog.StorageError)
+        assert writer.committed_ops == 3 and not writer._leading and not writer._deferred
+        with store._live_env().begin() as txn:
+            assert [txn.get(k) for k in (b"tb", b"tc", b"td")] == [b"v"] * 3

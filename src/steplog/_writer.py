@@ -12,6 +12,16 @@ under load one flush acknowledges many checkpoints.
 In a batch of several, each operation runs in its own nested transaction, so an
 operation that raises (bad input found late, IndexConflict, ...) is rolled back alone
 and fails only its caller; the rest of the batch commits.
+
+Waking a committed batch's callers is left to the next leader when one is queued: it
+wakes them after running its own batch's operations, just before its commit's flush.
+Woken callers run Python at once; under the GIL, with cores to spare, they would take
+the GIL from the leader at each of its many short LMDB calls (each call releases it),
+and the hand-offs between cores cost more than the work. Woken during the flush, they
+run while the leader waits on the disk. (Measured on 2 cores: 16 writer threads
+~8,000 -> ~10,300 appends/s, 20 StepLogSaver threads ~2,100 -> ~2,500 puts/s.) A
+caller thus returns at most one batch's operations later; with nobody queued, the
+leader wakes its batch's callers right after its commit.
 """
 
 from __future__ import annotations
@@ -100,6 +110,8 @@ class Writer:
         self._mutex = threading.Condition(threading.Lock())
         self._leading = False
         self._closing = False
+        #: Callers of the last committed batch, still asleep: the next leader wakes them.
+        self._deferred: list[_Pending[Any]] = []
         #: Group commits that reached disk, and operations they acknowledged.
         self.commits = 0
         self.committed_ops = 0
@@ -120,17 +132,24 @@ class Writer:
         while True:
             with self._mutex:
                 batch = [self._queue.popleft() for _ in range(min(len(self._queue), MAX_BATCH))]
-            self._commit(batch)
+                asleep, self._deferred = self._deferred, []
+            self._commit(batch, asleep)
+            callers = [p for p in batch if p is not mine]
+            if mine.promoted or mine in batch:
+                break
             with self._mutex:
-                if mine.promoted or mine in batch:
-                    if self._queue:
-                        successor = self._queue[0]
-                        successor.promoted = True
-                        successor.done.release()
-                    else:
-                        self._leading = False
-                        self._mutex.notify_all()
-                    break
+                self._deferred = callers
+        with self._mutex:
+            if self._queue:
+                self._deferred = callers  # the successor wakes them
+                callers = []
+                successor = self._queue[0]
+                successor.promoted = True
+                successor.done.release()
+            else:
+                self._leading = False
+                self._mutex.notify_all()
+        _wake(callers)
         return _outcome(mine)
 
     def close(self) -> None:
@@ -140,13 +159,15 @@ class Writer:
             while self._leading:
                 self._mutex.wait()
 
-    def _commit(self, batch: list[_Pending[Any]]) -> None:
+    def _commit(self, batch: list[_Pending[Any]], asleep: list[_Pending[Any]]) -> None:
+        """Run and commit ``batch``, waking ``asleep`` (callers of the previous, already
+        durable batch) before the flush, or at the end whatever happens."""
         live = batch
         try:
             while True:
                 try:
                     committed = self.commits
-                    self._attempt(live)
+                    self._attempt(live, asleep)
                     if self.commits != committed and self.commits % READER_CHECK_EVERY == 0:
                         self._tidy()
                     break
@@ -166,13 +187,13 @@ class Writer:
         except BaseException as exc:  # StorageError from map growth, or a bug: fail the batch
             for p in live:
                 p.error = p.error or exc
+        _wake(asleep)
         for p in batch:
             if p.error is None:
                 for hook in p.hooks:
                     hook()
-            p.done.release()
 
-    def _attempt(self, batch: list[_Pending[Any]]) -> None:
+    def _attempt(self, batch: list[_Pending[Any]], asleep: list[_Pending[Any]]) -> None:
         # A lone operation needs no nested transaction: if it fails, aborting the
         # whole transaction is the same as rolling back just it.
         nested = len(batch) > 1
@@ -202,6 +223,7 @@ class Writer:
                 if not nested and batch[0].error is not None:
                     txn.abort()
                     return
+                _wake(asleep)  # they run while this commit waits on the disk
                 txn.commit()
                 self.commits += 1
                 self.committed_ops += sum(1 for p in batch if p.error is None)
@@ -215,6 +237,12 @@ class Writer:
             self._maintain()
         except (lmdb.Error, StoreClosed):
             pass
+
+
+def _wake(callers: list[_Pending[Any]]) -> None:
+    """Wake callers whose operations are durable (each once: the list is emptied)."""
+    while callers:
+        callers.pop().done.release()
 
 
 def _outcome(pending: _Pending[T]) -> T:
