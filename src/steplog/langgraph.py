@@ -44,8 +44,8 @@ from langgraph.checkpoint.serde.base import SerializerProtocol
 
 import steplog
 from steplog.async_store import AsyncStore
-from steplog.errors import InvalidArgument, RunNotFound
-from steplog.store import Store
+from steplog.errors import InvalidArgument
+from steplog.store import Store, _View
 
 __all__ = ["StepLogSaver"]
 
@@ -134,8 +134,10 @@ class StepLogSaver(
         ns = _check(conf.get("checkpoint_ns", "") or "", "checkpoint_ns")
         return thread_id, ns, get_checkpoint_id(config)
 
-    def _tuple(self, thread_id: str, ns: str, cp: steplog.Checkpoint) -> CheckpointTuple:
-        state = cp.state
+    def _tuple(
+        self, thread_id: str, ns: str, state: Any, writes: list[Any] | None = None
+    ) -> CheckpointTuple:
+        """The tuple of a c-run state; ``writes``: its w-run states, if already read."""
         checkpoint: Checkpoint = self.serde.loads_typed((state["c"][0], state["c"][1]))
         versions = checkpoint.get("channel_versions", {})
         values = {k: v for k, v in checkpoint.get("channel_values", {}).items() if k in versions}
@@ -145,6 +147,9 @@ class StepLogSaver(
         checkpoint = {**checkpoint, "channel_values": values}
         cid = checkpoint["id"]
         parent = state["p"]
+        if writes is None:
+            w_run = _run("w", thread_id, ns)
+            writes = self.store._view(lambda view: view.with_node(w_run, cid))
         return CheckpointTuple(
             config={
                 "configurable": {"thread_id": thread_id, "checkpoint_ns": ns, "checkpoint_id": cid}
@@ -162,7 +167,7 @@ class StepLogSaver(
                 if parent
                 else None
             ),
-            pending_writes=self._writes(thread_id, ns, cid),
+            pending_writes=self._pending(writes),
         )
 
     def _carried_values(
@@ -196,16 +201,12 @@ class StepLogSaver(
             parent = cp.state["p"]
         return found
 
-    def _writes(self, thread_id: str, ns: str, cid: str) -> list[PendingWrite]:
-        run = _run("w", thread_id, ns)
+    def _pending(self, writes: list[Any]) -> list[PendingWrite]:
+        """A checkpoint's pending writes from its w-run states (one per put_writes)."""
         kept: dict[tuple[str, int], tuple[str, str, str, Any]] = {}
-        try:
-            records = list(self.store.history(run, node=cid))
-        except RunNotFound:
-            records = []
-        for rec in records:
-            task_id, task_path = rec.state["t"], rec.state["p"]
-            for idx, channel, type_, data in rec.state["w"]:
+        for state in writes:
+            task_id, task_path = state["t"], state["p"]
+            for idx, channel, type_, data in state["w"]:
                 key = (task_id, idx)
                 if idx >= 0 and key in kept:
                     continue  # ordinary writes: the first one wins
@@ -242,9 +243,18 @@ class StepLogSaver(
 
     def get_tuple(self, config: RunnableConfig) -> CheckpointTuple | None:
         thread_id, ns, cid = self._ids(config)
-        run = _run("c", thread_id, ns)
-        cp = self.store.load(run, node=cid) if cid else self.store.load(run)
-        return None if cp is None else self._tuple(thread_id, ns, cp)
+        c_run, w_run = _run("c", thread_id, ns), _run("w", thread_id, ns)
+
+        def read(view: _View) -> tuple[Any, list[Any]] | None:
+            # the checkpoint and its pending writes from one snapshot
+            found = view.latest(c_run, cid or None)
+            if found is None:
+                return None
+            node, state = found
+            return state, (view.with_node(w_run, node) if node is not None else [])
+
+        got = self.store._view(read)
+        return None if got is None else self._tuple(thread_id, ns, *got)
 
     def list(
         self,
@@ -282,7 +292,7 @@ class StepLogSaver(
                     metadata = self.serde.loads_typed((state["m"][0], state["m"][1]))
                     if not all(metadata.get(k) == v for k, v in filter.items()):
                         continue
-                yield self._tuple(thread_id, ns, cp)
+                yield self._tuple(thread_id, ns, cp.state)
                 if limit is not None:
                     limit -= 1
                     if limit <= 0:

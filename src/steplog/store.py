@@ -215,6 +215,10 @@ class Store:
             except lmdb.Error as exc:
                 raise StorageError(f"read from {str(self.path)!r} failed: {exc}") from exc
 
+    def _view(self, fn: Callable[[_View], T]) -> T:
+        """Run ``fn`` on a :class:`_View` of one read transaction."""
+        return self._read(lambda txn: fn(_View(self, txn)))
+
     def _live_engine(self) -> _engine.Engine:
         engine = self._engine
         if engine is None:
@@ -335,6 +339,11 @@ class Store:
         head, payload = self._payload(txn, hdr, run_id, index)
         return Latest(index, head.seq, head.depth, payload)
 
+    def _node_index(self, txn: Txn, hdr: _RunHeader, node: bytes) -> int | None:
+        """Index of the run's latest checkpoint written by ``node``."""
+        hit = self._last_with_prefix(txn, _keys.node_prefix(hdr.run_no, node))
+        return None if hit is None else int(U64.unpack(hit[0][-8:])[0])
+
     def _checkpoint(
         self,
         txn: Txn,
@@ -345,9 +354,15 @@ class Store:
         raw: bytes | None = None,
     ) -> Checkpoint:
         head, payload = self._payload(txn, hdr, run_id, index, raw)
+        self._cache_if_latest(run_id, hdr, index, head, payload)
+        return self._assemble(run_id, index, hdr, head, payload, type_)
+
+    def _cache_if_latest(
+        self, run_id: str, hdr: _RunHeader, index: int, head: _record.Header, payload: bytes
+    ) -> None:
+        """Keep a decoded latest delta record: the next load or append starts from it."""
         if index == hdr.length - 1 and head.depth and head.seq == hdr.seq:
             self._cache.put(run_id, Latest(index, head.seq, head.depth, payload))
-        return self._assemble(run_id, index, hdr, head, payload, type_)
 
     @staticmethod
     def _assemble(
@@ -858,10 +873,10 @@ class Store:
             if hdr is None or hdr.length == 0:
                 return None
             if node_b is not None:
-                hit = self._last_with_prefix(txn, _keys.node_prefix(hdr.run_no, node_b))
-                if hit is None:
+                found = self._node_index(txn, hdr, node_b)
+                if found is None:
                     return None
-                at = U64.unpack(hit[0][-8:])[0]
+                at = found
             elif idx is None:
                 at = hdr.length - 1
                 cached = self._cache.get(run_id)
@@ -1230,3 +1245,59 @@ class AppendBatch:
             store._apply_purge(txn, batch, run_id, rid)
 
         self._ops.append(op)
+
+
+class _View:
+    """Reads in one transaction for hot paths inside steplog (StepLogSaver.get_tuple):
+    the states of a run's checkpoints without building :class:`Checkpoint` objects.
+    Arguments are validated as by the public reads."""
+
+    __slots__ = ("_store", "_txn")
+
+    def __init__(self, store: Store, txn: Txn) -> None:
+        self._store = store
+        self._txn = txn
+
+    def latest(self, run_id: str, node: str | None = None) -> tuple[str | None, Any] | None:
+        """(node, state) of the run's latest checkpoint, or of the latest ``node``
+        wrote; None if there is none."""
+        store, txn = self._store, self._txn
+        hdr = store._header(txn, _validate.ident(run_id, "run_id"))
+        if hdr is None or hdr.length == 0:
+            return None
+        if node is None:
+            at = hdr.length - 1
+        else:
+            found = store._node_index(txn, hdr, _validate.ident(node, "node"))
+            if found is None:
+                return None
+            at = found
+        return self._state(run_id, hdr, at)
+
+    def with_node(self, run_id: str, node: str) -> list[Any]:
+        """States of every checkpoint ``node`` wrote in the run, in index order."""
+        store, txn = self._store, self._txn
+        hdr = store._header(txn, _validate.ident(run_id, "run_id"))
+        if hdr is None:
+            return []
+        prefix = _keys.node_prefix(hdr.run_no, _validate.ident(node, "node"))
+        cur = txn.cursor()
+        if not cur.set_range(prefix):
+            return []
+        indices = []
+        for key in cur.iternext(keys=True, values=False):
+            if not key.startswith(prefix):
+                break
+            indices.append(U64.unpack_from(key, len(prefix))[0])
+        return [self._state(run_id, hdr, at)[1] for at in indices]
+
+    def _state(self, run_id: str, hdr: _RunHeader, at: int) -> tuple[str | None, Any]:
+        store = self._store
+        cached = store._cache.get(run_id)
+        if cached is not None and cached.seq == hdr.seq and cached.index == at:
+            payload = cached.payload
+        else:
+            head, payload = store._payload(self._txn, hdr, run_id, at)
+            store._cache_if_latest(run_id, hdr, at, head, payload)
+        node, _metadata, state = _record.decode_payload(run_id, at, payload)
+        return node, state
