@@ -10,7 +10,7 @@ import lmdb
 import pytest
 
 import steplog
-from steplog import IndexConflict, InvalidArgument, WorkflowMismatch
+from steplog import IndexConflict, InvalidArgument, WorkflowMismatch, _writer
 from steplog.store import Durability
 
 
@@ -213,3 +213,91 @@ def test_callers_of_a_committed_batch_wake_even_if_the_next_batch_fails(path: Pa
         assert writer.committed_ops == 3 and not writer._leading and not writer._deferred
         with store._live_env().begin() as txn:
             assert [txn.get(k) for k in (b"tb", b"tc", b"td")] == [b"v"] * 3
+
+
+def _chain_of_batches(store: steplog.Store, successor_ops: list, heavy: bool):  # type: ignore[no-untyped-def,type-arg]
+    """Drive the writer into: batch [b]; batch [c, d] (c leads; d's wake is deferred
+    to the next leader); then a batch of ``successor_ops`` (submitted from threads
+    s0, s1, ...). Returns (threads, results, d_done)."""
+    writer = store._writer
+    queued = writer._queue
+    results: dict[str, object] = {}
+    d_done = threading.Event()
+
+    def waits_for(n: int):  # type: ignore[no-untyped-def]
+        def op(txn, batch):  # type: ignore[no-untyped-def]
+            _wait_until(lambda: len(queued) >= n)
+            return "ok"
+
+        return op
+
+    def call(name: str, op, is_heavy: bool = False) -> None:  # type: ignore[no-untyped-def]
+        try:
+            results[name] = writer.submit(op, heavy=is_heavy)
+        except steplog.StepLogError as exc:
+            results[name] = exc
+        if name == "d":
+            d_done.set()
+
+    n = len(successor_ops)
+    threads = {
+        "b": threading.Thread(target=call, args=("b", waits_for(2))),
+        "c": threading.Thread(target=call, args=("c", waits_for(n))),
+        "d": threading.Thread(target=call, args=("d", lambda txn, batch: "ok")),
+    }
+    threads |= {
+        f"s{i}": threading.Thread(target=call, args=(f"s{i}", op, heavy))
+        for i, op in enumerate(successor_ops)
+    }
+    threads["b"].start()
+    _wait_until(lambda: writer._leading and not queued)
+    threads["c"].start()
+    _wait_until(lambda: len(queued) == 1)
+    threads["d"].start()
+    _wait_until(lambda: len(queued) == 0)  # [c, d] is running, waiting for the successors
+    for i in range(n):
+        threads[f"s{i}"].start()
+        _wait_until(lambda i=i: len(queued) == i + 1 or bool(results.get("c")))
+    return threads, results, d_done
+
+
+def _join(threads) -> None:  # type: ignore[no-untyped-def]
+    for t in threads.values():
+        t.join(timeout=30)
+        assert not t.is_alive()
+
+
+def test_a_heavy_operation_does_not_hold_back_the_previous_batchs_callers(path: Path) -> None:
+    with steplog.open(path) as store:
+        release = threading.Event()
+        seen: list[bool] = []
+
+        def heavy(txn, batch):  # type: ignore[no-untyped-def]
+            seen.append(d_done.wait(timeout=10))  # d (already durable) returns meanwhile
+            release.wait(timeout=10)
+            return "heavy done"
+
+        threads, results, d_done = _chain_of_batches(store, [heavy], heavy=True)
+        _wait_until(lambda: bool(seen))
+        release.set()
+        _join(threads)
+        assert seen == [True]
+        assert results == {"b": "ok", "c": "ok", "d": "ok", "s0": "heavy done"}
+
+
+def test_a_long_batch_wakes_the_previous_batchs_callers_once_over_budget(path: Path) -> None:
+    with steplog.open(path) as store:
+        seen: list[bool] = []
+
+        def slow(txn, batch):  # type: ignore[no-untyped-def]
+            time.sleep(_writer.WAKE_AFTER * 20)
+            return "slow"
+
+        def after(txn, batch):  # type: ignore[no-untyped-def]
+            seen.append(d_done.wait(timeout=10))  # woken before this op, not at the flush
+            return "after"
+
+        threads, results, d_done = _chain_of_batches(store, [slow, after], heavy=False)
+        _join(threads)
+        assert seen == [True]
+        assert results == {"b": "ok", "c": "ok", "d": "ok", "s0": "slow", "s1": "after"}

@@ -20,13 +20,15 @@ the GIL from the leader at each of its many short LMDB calls (each call releases
 and the hand-offs between cores cost more than the work. Woken during the flush, they
 run while the leader waits on the disk. (Measured on 2 cores: 16 writer threads
 ~8,000 -> ~10,300 appends/s, 20 StepLogSaver threads ~2,100 -> ~2,500 puts/s.) A
-caller thus returns at most one batch's operations later; with nobody queued, the
-leader wakes its batch's callers right after its commit.
+caller thus returns at most ~1 ms of the next batch's operations later (WAKE_AFTER;
+before a heavy operation, at once); with nobody queued, the leader wakes its batch's
+callers right after its commit.
 """
 
 from __future__ import annotations
 
 import threading
+import time
 from collections import deque
 from collections.abc import Callable
 from contextlib import AbstractContextManager
@@ -49,6 +51,10 @@ READER_CHECK_EVERY = 1000
 #: Most operations in one commit: bounds the latency a batch adds to its first caller
 #: and the size of one transaction's dirty page list.
 MAX_BATCH = 512
+#: Callers of the previous batch are woken once this batch's operations have run this
+#: long (seconds), or before a heavy one, even before its flush: deferring their wake
+#: keeps short batches uncontended, and must not make them wait for a long one.
+WAKE_AFTER = 0.001
 
 
 #: Low bits of a recency seq that number the checkpoints within one transaction.
@@ -80,10 +86,11 @@ Op = Callable[["Txn", Batch], T]
 
 
 class _Pending(Generic[T]):
-    __slots__ = ("done", "error", "hooks", "op", "promoted", "result")
+    __slots__ = ("done", "error", "heavy", "hooks", "op", "promoted", "result")
 
-    def __init__(self, op: Op[T]) -> None:
+    def __init__(self, op: Op[T], heavy: bool) -> None:
         self.op = op
+        self.heavy = heavy
         self.done = threading.Lock()
         self.done.acquire()
         self.promoted = False
@@ -116,9 +123,11 @@ class Writer:
         self.commits = 0
         self.committed_ops = 0
 
-    def submit(self, op: Op[T]) -> T:
-        """Run ``op`` in the next group commit; return its result once durable."""
-        mine: _Pending[T] = _Pending(op)
+    def submit(self, op: Op[T], *, heavy: bool = False) -> T:
+        """Run ``op`` in the next group commit; return its result once durable.
+        ``heavy``: the op may run long (a purge, a large batch), so callers of the
+        previous batch are woken before it rather than after it."""
+        mine: _Pending[T] = _Pending(op, heavy)
         with self._mutex:
             if self._closing:
                 raise StoreClosed("the store is closed")
@@ -200,8 +209,11 @@ class Writer:
         with self._session() as env:
             txn = env.begin(write=True)
             shared = Batch(txn.id())
+            started = time.perf_counter()
             try:
                 for p in batch:
+                    if asleep and (p.heavy or time.perf_counter() - started > WAKE_AFTER):
+                        _wake(asleep)  # a long batch: do not hold durable callers back
                     p.error = None
                     mark = len(shared.after_commit)
                     child = env.begin(write=True, parent=txn) if nested else txn

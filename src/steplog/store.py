@@ -53,6 +53,9 @@ DEFAULT_MAX_RECORD_SIZE = 64 << 20
 #: Records decoded per read transaction while streaming history: keeps memory
 #: constant and lets a map resize slip in between chunks of a long replay.
 HISTORY_CHUNK = 256
+#: A batch of more operations than this is submitted as heavy (see Writer.submit): it
+#: takes long enough in the commit leader that earlier callers are woken before it.
+HEAVY_BATCH = 16
 
 T = TypeVar("T")
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -226,9 +229,9 @@ class Store:
         engine.live()
         return engine
 
-    def _write(self, op: Callable[[Txn, Batch], T]) -> T:
+    def _write(self, op: Callable[[Txn, Batch], T], *, heavy: bool = False) -> T:
         self._live_env()
-        return self._writer.submit(op)
+        return self._writer.submit(op, heavy=heavy)
 
     # ------------------------------------------------------------------ helpers (in txn)
 
@@ -813,7 +816,9 @@ class Store:
         """
         rid = _validate.ident(run_id, "run_id")
         self._live_env()
-        return self._write(lambda txn, batch: self._apply_purge(txn, batch, run_id, rid))
+        return self._write(
+            lambda txn, batch: self._apply_purge(txn, batch, run_id, rid), heavy=True
+        )
 
     def _apply_purge(self, txn: Txn, batch: Batch, run_id: str, rid: bytes) -> int:
         hdr = self._require(txn, rid)
@@ -1203,7 +1208,9 @@ class AppendBatch:
         this on exit); return the appended checkpoints."""
         ops, self._ops = self._ops, []
         if ops:
-            results = self._store._write(lambda txn, batch: [op(txn, batch) for op in ops])
+            results = self._store._write(
+                lambda txn, batch: [op(txn, batch) for op in ops], heavy=len(ops) > HEAVY_BATCH
+            )
             self.checkpoints = [cp for cp in results if cp is not None]
         return self.checkpoints
 
