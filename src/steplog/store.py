@@ -335,12 +335,19 @@ class Store:
             mine = batch.scratch.get(hdr.run_no)
             if mine is not None and mine.seq == hdr.seq:
                 return mine  # type: ignore[no-any-return]
-        hit = self._cache.get(run_id)
-        if hit is not None and hit.seq == hdr.seq and hit.index == hdr.length - 1:
+        hit = self._cached_latest(run_id, hdr, hdr.length - 1)
+        if hit is not None:
             return hit
         index = hdr.length - 1
         head, payload = self._payload(txn, hdr, run_id, index)
         return Latest(index, head.seq, head.depth, payload)
+
+    def _cached_latest(self, run_id: str, hdr: _RunHeader, index: int) -> Latest | None:
+        """The cached payload of record ``index``, if it is the run's latest."""
+        hit = self._cache.get(run_id)
+        if hit is not None and hit.seq == hdr.seq and hit.index == index:
+            return hit
+        return None
 
     def _node_index(self, txn: Txn, hdr: _RunHeader, node: bytes) -> int | None:
         """Index of the run's latest checkpoint written by ``node``."""
@@ -884,8 +891,8 @@ class Store:
                 at = found
             elif idx is None:
                 at = hdr.length - 1
-                cached = self._cache.get(run_id)
-                if cached is not None and cached.seq == hdr.seq and cached.index == at:
+                cached = self._cached_latest(run_id, hdr, at)
+                if cached is not None:
                     # the run header holds the latest record's time and status
                     head = _record.Header(
                         codec=_record.CODEC_RAW,
@@ -1009,19 +1016,8 @@ class Store:
         self, txn: Txn, run_id: str, hdr: _RunHeader, node: bytes, lo: int, hi: int, type_: Any
     ) -> list[Checkpoint]:
         """Up to HISTORY_CHUNK checkpoints of ``node`` with index in [lo, hi)."""
-        prefix = _keys.node_prefix(hdr.run_no, node)
-        cur = txn.cursor()
-        out: list[Checkpoint] = []
-        if lo >= hi or not cur.set_range(prefix + U64.pack(lo)):
-            return out
-        for key in cur.iternext(keys=True, values=False):
-            if not key.startswith(prefix) or len(out) >= HISTORY_CHUNK:
-                break
-            index = U64.unpack_from(key, len(prefix))[0]
-            if index >= hi:
-                break
-            out.append(self._checkpoint(txn, run_id, hdr, index, type_))
-        return out
+        indices = _node_indices(txn, hdr, node, lo, hi, HISTORY_CHUNK)
+        return [self._checkpoint(txn, run_id, hdr, index, type_) for index in indices]
 
     def _node_stream(
         self, run_id: str, hdr: _RunHeader, node: bytes, first: int, last: int, type_: Any
@@ -1254,6 +1250,25 @@ class AppendBatch:
         self._ops.append(op)
 
 
+def _node_indices(
+    txn: Txn, hdr: _RunHeader, node: bytes, lo: int, hi: int, limit: int | None = None
+) -> list[int]:
+    """Indices in [lo, hi) of the run's checkpoints ``node`` wrote (at most ``limit``)."""
+    prefix = _keys.node_prefix(hdr.run_no, node)
+    cur = txn.cursor()
+    out: list[int] = []
+    if lo >= hi or not cur.set_range(prefix + U64.pack(lo)):
+        return out
+    for key in cur.iternext(keys=True, values=False):
+        if not key.startswith(prefix) or len(out) == limit:
+            break
+        index: int = U64.unpack_from(key, len(prefix))[0]
+        if index >= hi:
+            break
+        out.append(index)
+    return out
+
+
 class _View:
     """Reads in one transaction for hot paths inside steplog (StepLogSaver.get_tuple):
     the states of a run's checkpoints without building :class:`Checkpoint` objects.
@@ -1287,21 +1302,13 @@ class _View:
         hdr = store._header(txn, _validate.ident(run_id, "run_id"))
         if hdr is None:
             return []
-        prefix = _keys.node_prefix(hdr.run_no, _validate.ident(node, "node"))
-        cur = txn.cursor()
-        if not cur.set_range(prefix):
-            return []
-        indices = []
-        for key in cur.iternext(keys=True, values=False):
-            if not key.startswith(prefix):
-                break
-            indices.append(U64.unpack_from(key, len(prefix))[0])
+        indices = _node_indices(txn, hdr, _validate.ident(node, "node"), 0, hdr.length)
         return [self._state(run_id, hdr, at)[1] for at in indices]
 
     def _state(self, run_id: str, hdr: _RunHeader, at: int) -> tuple[str | None, Any]:
         store = self._store
-        cached = store._cache.get(run_id)
-        if cached is not None and cached.seq == hdr.seq and cached.index == at:
+        cached = store._cached_latest(run_id, hdr, at)
+        if cached is not None:
             payload = cached.payload
         else:
             head, payload = store._payload(self._txn, hdr, run_id, at)
