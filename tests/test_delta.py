@@ -405,3 +405,91 @@ def test_more_hot_runs_than_compressors_fit_keep_delta_chains(path: Path) -> Non
     keyframes = codecs.count(_record.CODEC_STREAM_START) + codecs.count(_record.CODEC_ZSTD)
     assert keyframes <= runs * 2  # the first record of each run, and rare restarts
     assert codecs.count(_record.CODEC_DELTA) > runs * steps // 2
+
+
+def _mixed(n: int) -> list[dict[str, Any]]:
+    """A growing state with a small record after each (LangGraph: a checkpoint, then
+    its pending writes)."""
+    out: list[dict[str, Any]] = []
+    for i, st in enumerate(_states(n)):
+        out += [st, {"writes": st["messages"][-1]["content"][:200], "step": i}]
+    return out
+
+
+def _codecs(path: Path, run_no: int, n: int) -> list[int]:
+    env = lmdb.open(str(path), readonly=True, lock=False)
+    try:
+        with env.begin() as txn:
+            return [txn.get(_keys.log_key(run_no, i))[1] for i in range(n)]
+    finally:
+        env.close()
+
+
+def test_small_records_between_large_ones_do_not_shorten_the_chain(path: Path) -> None:
+    states = _mixed(K + 10)  # 2K + 20 records, every other one small
+    with steplog.open(path) as store:
+        for st in states:
+            store.append("r", st)
+        for i in random.Random(2).sample(range(len(states)), 40):
+            assert store.load("r", i).state == states[i]
+    depths = _depths(path, 1, len(states))
+    sizes = [len(_record.encode_payload("r", None, {}, st)) for st in states]
+    assert all(s < _record.DELTA_MIN_BYTES for s in sizes[1::2])
+    assert all(s >= _record.DELTA_MIN_BYTES for s in sizes[2::2])
+    # chains run past K records: small ones are not counted ...
+    assert max(depths) > K
+    assert max(depths) < _record.MAX_CHAIN
+    # ... but hold at most K large records, so a load decodes at most K large payloads
+    start = 0
+    for i, d in enumerate(depths):
+        if d == 0:
+            start = i
+        assert sum(1 for s in sizes[start : i + 1] if s >= _record.DELTA_MIN_BYTES) <= K
+    # the large records stay stream blocks (the small one between two large ones does
+    # not break the stream): a few keyframes, where a state outgrew its window
+    codecs = _codecs(path, 1, len(states))
+    assert codecs.count(_record.CODEC_STREAM_START) <= 4
+    assert _record.CODEC_DELTA not in codecs
+    with steplog.open(path, cache_size=0) as store:
+        assert [c.state for c in store.history("r")] == states
+
+
+def test_a_chain_of_small_records_keeps_its_short_interval(path: Path) -> None:
+    small = [{"n": i, "note": "x" * (100 + i)} for i in range(40)]
+    with steplog.open(path) as store:
+        for st in small:
+            store.append("r", st)
+    assert max(_depths(path, 1, len(small))) == _record.SMALL_KEYFRAME_INTERVAL - 1
+
+
+def test_the_large_record_before_a_small_latest_one_loads_from_the_cache(
+    path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    states = _mixed(20)
+    with steplog.open(path) as store:
+        for st in states:
+            store.append("r", st)
+        # the latest record is small; the large one before it is held with it
+
+        def no_walk(*args: Any, **kwargs: Any) -> None:
+            raise AssertionError("decoded a chain from disk")
+
+        monkeypatch.setattr(store, "_walk", no_walk)
+        assert store.load("r", len(states) - 2).state == states[-2]
+        assert store.load("r").state == states[-1]
+        store.append("r", {"writes": "again", "step": 99})  # a second small record
+        assert store.load("r", len(states) - 2).state == states[-2]
+        monkeypatch.undo()
+        assert store.load("r", len(states) - 4).state == states[-4]
+
+
+def test_a_stream_counts_the_large_payload_behind_a_small_one_against_its_window() -> None:
+    stream = _record.Stream(8 << 10)  # a 32 KiB window
+    assert stream.window == 32 << 10
+    stream.first(b"a" * (14 << 10))
+    assert stream.follow(stream.pos, b"b" * 300) is not None
+    # the next large payload would push the 14 KiB one (its base) out of the window,
+    # although it and the small one before it fit
+    assert not stream.fits(20 << 10)
+    assert stream.fits(16 << 10)
+    assert stream.fits(300)

@@ -13,17 +13,30 @@ import threading
 from collections import OrderedDict
 from dataclasses import dataclass
 
-from steplog._record import NO_STREAM, Stream
+from steplog._record import DELTA_MIN_BYTES, NO_STREAM, Stream
 
 #: Default bytes of decoded payloads kept: 1,000 hot runs of ~64 KiB states.
 DEFAULT_CACHE_BYTES = 64 << 20
 
 
 @dataclass(frozen=True, slots=True)
+class Anchor:
+    """Record ``index`` (recency ``seq``) decodes to ``payload``."""
+
+    index: int
+    seq: int
+    payload: bytes
+
+
+@dataclass(frozen=True, slots=True)
 class Latest:
-    """Record ``index`` (recency ``seq``, delta ``depth``) decodes to ``payload``; if
-    ``stream`` is set, the record is block ``pos`` of that live stream, which the
-    run's next record may continue."""
+    """Record ``index`` (recency ``seq``, delta ``depth``, ``big`` large records in
+    its chain if known) decodes to ``payload``; if ``stream`` is set, the record is
+    block ``pos`` of that live stream, which the run's next record may continue.
+
+    ``anchor``: when the latest record is small and follows a large one (a LangGraph
+    checkpoint's pending writes after it), that large record, so reading it does not
+    decode its chain again."""
 
     index: int
     seq: int
@@ -31,11 +44,36 @@ class Latest:
     payload: bytes
     stream: Stream | None = None
     pos: int = 0
+    big: int | None = None
+    anchor: Anchor | None = None
 
     @property
     def size(self) -> int:
-        """Bytes held: the payload and any live compressor."""
-        return len(self.payload) + (self.stream.memory if self.stream is not None else 0)
+        """Bytes held: the payloads and any live compressor."""
+        return (
+            len(self.payload)
+            + (len(self.anchor.payload) if self.anchor is not None else 0)
+            + (self.stream.memory if self.stream is not None else 0)
+        )
+
+    def payload_of(self, index: int, seq: int) -> bytes | None:
+        """The decoded payload of record ``index`` with recency ``seq``, if held."""
+        if index == self.index and seq == self.seq:
+            return self.payload
+        anchor = self.anchor
+        if anchor is not None and index == anchor.index and seq == anchor.seq:
+            return anchor.payload
+        return None
+
+    def anchor_after(self, payload: bytes) -> Anchor | None:
+        """The anchor of the record after this one (decoding to ``payload``): this
+        record if that one is small and this one large; this record's anchor if both
+        are small; else none."""
+        if len(payload) >= DELTA_MIN_BYTES:
+            return None
+        if len(self.payload) >= DELTA_MIN_BYTES:
+            return Anchor(self.index, self.seq, self.payload)
+        return self.anchor
 
 
 class LatestCache:
@@ -104,4 +142,6 @@ class LatestCache:
 
 def _without_stream(entry: Latest) -> Latest:
     """The entry minus its compressor: the run's chain goes on as dictionary deltas."""
-    return Latest(entry.index, entry.seq, entry.depth, entry.payload, None, NO_STREAM)
+    return Latest(
+        entry.index, entry.seq, entry.depth, entry.payload, None, NO_STREAM, entry.big, entry.anchor
+    )

@@ -56,10 +56,11 @@ HEADER_SIZE = HEADER.size
 #: Keyframes use zstd's default level 3: within a few percent of level 9's ratio on
 #: text-heavy state at about half the CPU.
 ZSTD_LEVEL = 3
-#: Keyframe at least every KEYFRAME_INTERVAL records: loading any index decodes at most
-#: this many records. With stream chains on the growing-chat workload, 64 costs ~490 B
-#: per checkpoint (32: ~680 B, 128: ~330 B) while a worst-case cold load of a ~120 KB
-#: state stays under ~1 ms (128: ~1.9 ms) (benchmarks/bench_codec.py).
+#: A chain (a keyframe and the deltas after it) holds at most KEYFRAME_INTERVAL large
+#: records (payload >= DELTA_MIN_BYTES): loading any index decodes at most this many of
+#: them. With stream chains on the growing-chat workload, 64 costs ~490 B per checkpoint
+#: (32: ~680 B, 128: ~330 B) while a worst-case cold load of a ~120 KB state stays under
+#: ~1 ms (128: ~1.9 ms) (benchmarks/bench_codec.py).
 KEYFRAME_INTERVAL = 64
 #: zstd level for deltas. Level 1's small match tables miss most matches in a large
 #: dictionary (~3.1 KB per chat step vs ~0.63 KB at level 3, for similar CPU), so deltas
@@ -70,6 +71,10 @@ DELTA_LEVEL = 3
 #: random access to one of them (a LangGraph pending write, say) decodes its chain.
 DELTA_MIN_BYTES = 1024
 SMALL_KEYFRAME_INTERVAL = 8
+#: Small records between large ones (a LangGraph checkpoint's pending writes between
+#: checkpoints) do not count towards KEYFRAME_INTERVAL, but a chain holds at most
+#: MAX_CHAIN records in all (the delta depth is one byte).
+MAX_CHAIN = 2 * KEYFRAME_INTERVAL
 #: A delta is kept only if it is under 3/4 of a keyframe: a barely smaller delta is not
 #: worth lengthening the chain that random access must decode.
 DELTA_MAX_SHARE = 0.75
@@ -163,7 +168,7 @@ class Stream:
     ``pos`` ahead of every recorded position: the stream is then dead, never wrong.
     """
 
-    __slots__ = ("_cctx", "_cobj", "_lock", "memory", "pos", "window")
+    __slots__ = ("_cctx", "_cobj", "_lock", "_recent", "memory", "pos", "window")
 
     def __init__(self, payload_len: int) -> None:
         window_log = min(
@@ -194,12 +199,15 @@ class Stream:
         self._lock = threading.Lock()
         self.window = 1 << window_log
         self.pos = 0
+        #: lengths of the last payloads fed, newest last
+        self._recent: tuple[int, ...] = ()
         self.memory = 0
         self._cctx = cctx
 
     def _block(self, payload: bytes) -> bytes:
         data = self._cobj.compress(payload) + self._cobj.flush(zstandard.COMPRESSOBJ_FLUSH_BLOCK)
         self.pos += 1
+        self._recent = (*self._recent[-3:], len(payload))
         return data
 
     def first(self, payload: bytes) -> bytes:
@@ -208,10 +216,18 @@ class Stream:
         self.memory = self._cctx.memory_size()
         return data
 
-    def fits(self, prev_len: int, payload_len: int) -> bool:
-        """Whether a payload can match against the previous one (of ``prev_len``
-        bytes): both must fit in the window."""
-        return prev_len + payload_len <= self.window
+    def fits(self, payload_len: int) -> bool:
+        """Whether a payload can match against the previous one of comparable size (at
+        least half its own): that one, the smaller ones fed after it, and the payload
+        must fit in the window together. (A small record between two large ones, as
+        LangGraph's pending writes between checkpoints, must not hide that the older
+        large one would slide out of the window.)"""
+        tail = payload_len
+        for n in reversed(self._recent):
+            tail += n
+            if 2 * n >= payload_len:
+                break
+        return tail <= self.window
 
     def follow(self, pos: int, payload: bytes) -> bytes | None:
         """The block for ``payload`` right after block ``pos``, or None if the stream
@@ -240,10 +256,26 @@ class Body:
     raw_len: int
     stream: Stream | None = None
     pos: int = 0
+    #: large records in the chain up to this one (None: unknown, the chain went on
+    #: from a record decoded from disk)
+    big: int | None = 0
 
 
-def _interval(payload: bytes) -> int:
-    return KEYFRAME_INTERVAL if len(payload) >= DELTA_MIN_BYTES else SMALL_KEYFRAME_INTERVAL
+def _is_big(payload: bytes) -> int:
+    return 1 if len(payload) >= DELTA_MIN_BYTES else 0
+
+
+def _keyframe_due(payload: bytes, depth: int, big: int | None) -> bool:
+    """Whether a record at chain ``depth`` (``big`` large records in its chain, itself
+    included) must be a keyframe: past KEYFRAME_INTERVAL large records, MAX_CHAIN records,
+    or SMALL_KEYFRAME_INTERVAL records of a chain of small ones. With ``big`` unknown,
+    the interval of the record's own size."""
+    if big is None:
+        small = len(payload) < DELTA_MIN_BYTES
+        return depth >= (SMALL_KEYFRAME_INTERVAL if small else KEYFRAME_INTERVAL)
+    if depth >= MAX_CHAIN:
+        return True
+    return big > KEYFRAME_INTERVAL if big else depth >= SMALL_KEYFRAME_INTERVAL
 
 
 def _delta(payload: bytes, base: bytes) -> bytes:
@@ -264,9 +296,11 @@ def keyframe(payload: bytes) -> Body:
         stream = Stream(len(payload))
         data = stream.first(payload)
         if len(data) < len(payload):
-            return Body(CODEC_STREAM_START, data, 0, len(payload), stream, stream.pos)
+            return Body(
+                CODEC_STREAM_START, data, 0, len(payload), stream, stream.pos, _is_big(payload)
+            )
     codec, data = _full(payload)
-    return Body(codec, data, 0, len(payload))
+    return Body(codec, data, 0, len(payload), big=_is_big(payload))
 
 
 def _too_big(payload: bytes, data: bytes) -> bool:
@@ -276,9 +310,17 @@ def _too_big(payload: bytes, data: bytes) -> bool:
     return len(data) >= len(_full(payload)[1]) * DELTA_MAX_SHARE
 
 
-def follow(payload: bytes, base: bytes, base_depth: int, stream: Stream | None, pos: int) -> Body:
+def follow(
+    payload: bytes,
+    base: bytes,
+    base_depth: int,
+    stream: Stream | None,
+    pos: int,
+    base_big: int | None = None,
+) -> Body:
     """Compress ``payload`` as the record after the run's latest (decoded ``base``, at
-    ``base_depth``, written as block ``pos`` of ``stream`` if not None).
+    ``base_depth`` in a chain of ``base_big`` large records, written as block ``pos``
+    of ``stream`` if not None).
 
     Within the keyframe interval: the next block of that stream when it can take it
     and is clearly smaller than a keyframe (compared only when the block is over a
@@ -290,35 +332,40 @@ def follow(payload: bytes, base: bytes, base_depth: int, stream: Stream | None, 
     stream (decoded from disk) is followed by a keyframe that starts one. Payloads
     too large for streams use dictionary deltas throughout."""
     depth = base_depth + 1
-    if depth >= _interval(payload):
+    big = None if base_big is None else base_big + _is_big(payload)
+    if _keyframe_due(payload, depth, big):
         return keyframe(payload)
     if stream is not None:
-        if stream.fits(len(base), len(payload)):
+        if stream.fits(len(payload)):
             data = stream.follow(pos, payload)
             if data is not None and not _too_big(payload, data):
-                return Body(CODEC_STREAM_NEXT, data, depth, len(payload), stream, stream.pos)
+                return Body(CODEC_STREAM_NEXT, data, depth, len(payload), stream, stream.pos, big)
         elif len(payload) <= STREAM_MAX_PAYLOAD:
             return keyframe(payload)  # outgrew the window: a new, wider stream
     elif pos != NO_STREAM and len(payload) <= STREAM_MAX_PAYLOAD:
         return keyframe(payload)
-    body = compress(payload, base, depth)
+    body = compress(payload, base, depth, base_big)
     if body.depth:
-        return Body(body.codec, body.data, body.depth, body.raw_len, None, NO_STREAM)
+        return Body(body.codec, body.data, body.depth, body.raw_len, None, NO_STREAM, body.big)
     return body
 
 
-def compress(payload: bytes, base: bytes | None = None, depth: int = 0) -> Body:
+def compress(
+    payload: bytes, base: bytes | None = None, depth: int = 0, base_big: int | None = None
+) -> Body:
     """Compress ``payload`` as a dictionary delta on ``base`` (the decoded payload of
-    the run's latest record, at ``depth - 1``) within the keyframe interval, unless
+    the run's latest record, at ``depth - 1`` in a chain of ``base_big`` large records)
+    within the keyframe interval, unless
     the delta is not clearly smaller than a keyframe; else as a keyframe. This needs
     only the previous payload, so it serves when no live stream does (another
     process or thread wrote the run's latest record)."""
-    if base is None or depth <= 0 or depth >= _interval(payload) or not base:
+    big = None if base_big is None else base_big + _is_big(payload)
+    if base is None or depth <= 0 or not base or _keyframe_due(payload, depth, big):
         return keyframe(payload)
     data = _delta(payload, base)
     if _too_big(payload, data):
         return keyframe(payload)
-    return Body(CODEC_DELTA, data, depth, len(payload))
+    return Body(CODEC_DELTA, data, depth, len(payload), big=big)
 
 
 def frame(body: Body, *, seq: int, created_ns: int, status: Status) -> bytes:

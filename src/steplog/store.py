@@ -279,8 +279,9 @@ class Store:
         head = _record.read_header(run_id, index, raw)
         limit = self.max_record_size
         hit = self._cache.get(run_id)
-        if hit is not None and hit.index == index and hit.seq == head.seq:
-            return head, hit.payload
+        held = hit.payload_of(index, head.seq) if hit is not None else None
+        if held is not None:
+            return head, held
         if head.depth == 0:
             return head, _record.Chain().decode(run_id, index, raw, head, limit)
         keyframe = index - head.depth
@@ -454,14 +455,23 @@ class Store:
         index = hdr.length
         seq = batch.next_seq()
         created_ns = max(time.time_ns(), hdr.updated_ns)
-        if body is None or not self._follows(body, after, hdr, batch):
-            base = self._latest(txn, hdr, run_id, batch) if index else None
-            if base is None:
+        prev: Latest | None
+        if body is not None and self._follows(body, after, hdr, batch):
+            # the record compressed against: the cache entry, or one of this batch
+            prev = after if after is not None and after.seq == hdr.seq else None
+            prev = prev or batch.scratch.get(hdr.run_no)
+            if prev is not None and prev.seq != hdr.seq:
+                prev = None
+        else:
+            prev = self._latest(txn, hdr, run_id, batch) if index else None
+            if prev is None:
                 body = _record.keyframe(payload)
-            elif base.stream is not None:
-                body = _record.follow(payload, base.payload, base.depth, base.stream, base.pos)
+            elif prev.stream is not None:
+                body = _record.follow(
+                    payload, prev.payload, prev.depth, prev.stream, prev.pos, prev.big
+                )
             else:
-                body = _record.compress(payload, base.payload, base.depth + 1)
+                body = _record.compress(payload, prev.payload, prev.depth + 1, prev.big)
         depth = body.depth
         record = _record.frame(body, seq=seq, created_ns=created_ns, status=status)
         txn.put(_keys.log_key(hdr.run_no, index), record)
@@ -475,7 +485,8 @@ class Store:
             seq=seq,
         )
         self._set_recency(txn, old, new)
-        latest = Latest(index, seq, depth, payload, body.stream, body.pos)
+        anchor = prev.anchor_after(payload) if prev is not None else None
+        latest = Latest(index, seq, depth, payload, body.stream, body.pos, body.big, anchor)
         batch.scratch[hdr.run_no] = latest
         batch.after_commit.append(lambda: self._cache.put(run_id, latest))
         return new
@@ -608,12 +619,14 @@ class Store:
         after: Latest | None
         if prior is not None and prior.body is not None:
             pb = prior.body
-            after = Latest(-1, -1, pb.depth, prior.payload, pb.stream, pb.pos)
+            after = Latest(-1, -1, pb.depth, prior.payload, pb.stream, pb.pos, pb.big)
         else:
             after = self._cache.get(run_id)
         body = None
         if after is not None:
-            body = _record.follow(payload, after.payload, after.depth, after.stream, after.pos)
+            body = _record.follow(
+                payload, after.payload, after.depth, after.stream, after.pos, after.big
+            )
         return _AppendRequest(
             self,
             run_id,
