@@ -191,9 +191,12 @@ def test_growing_chat_is_stored_as_deltas(path: Path) -> None:
                 {"messages": [HumanMessage(content=f"question {turn} " * 40)]}, _cfg("grow")
             )
         run = "lg\x1fc\x1fgrow\x1f"
-        info = saver.store.run(run)
+        records = [cp.state for cp in saver.store.history(run)]
         n = len(list(graph.get_state_history(_cfg("grow"))))
-        assert info is not None and info.length == n
+        assert sum(1 for st in records if "c" in st) == n
+        # one run holds the checkpoints and their pending writes
+        assert [info.run_id for info in saver.store.runs()] == [run]
+        assert any("w" in st for st in records)
         # the last checkpoint holds 40 messages (~10 KB); records are stored as deltas
         last = saver.store.load(run)
         assert last is not None and len(last.state["c"][1]) > 8_000

@@ -71,6 +71,11 @@ def header_key(run_no: int) -> bytes:
     return SEGMENT + U64.pack(run_no) + _HEADER
 
 
+def nodes_prefix(run_no: int) -> bytes:
+    """Every node entry of one run."""
+    return SEGMENT + U64.pack(run_no) + _NODE
+
+
 def node_prefix(run_no: int, node: bytes) -> bytes:
     """``S`` run number, 0x02, node, NUL, index -> empty: one node's checkpoints."""
     return SEGMENT + U64.pack(run_no) + _NODE + node + SEP

@@ -8,15 +8,21 @@ Install with ``pip install 'steplog[langgraph]'``::
         graph = builder.compile(checkpointer=saver)
         graph.invoke(inputs, {"configurable": {"thread_id": "t1"}})
 
-Mapping. Each (thread, checkpoint namespace) is two steplog runs under the workflow
-``lg␟<thread>``: ``lg␟c␟<thread>␟<ns>`` holds one steplog checkpoint per LangGraph
-checkpoint (node = the LangGraph checkpoint id, so a checkpoint is found by id through
-the node index; index order = put order) and ``lg␟w␟<thread>␟<ns>`` holds one record
-per ``put_writes`` call (node = the checkpoint id the writes belong to). The whole
-LangGraph checkpoint, channel values included, is one steplog state, so a growing
-conversation is stored as a zstd delta proportional to each step's change.
-Deletions that LangGraph asks for in the middle of a thread (``delete_for_runs``,
-``prune``) rewrite the thread's runs in one atomic steplog batch.
+Mapping. Each (thread, checkpoint namespace) is one steplog run,
+``lg␟c␟<thread>␟<ns>`` under the workflow ``lg␟<thread>``, holding a record per
+``put`` (state ``{"c": checkpoint, "m": metadata, "p": parent id}``) and a record per
+``put_writes`` call (state ``{"t": task id, "p": task path, "w": writes}``), in call
+order. Both name the LangGraph checkpoint id as their steplog node, so the node index
+finds a checkpoint and its pending writes together, and its greatest entry is the
+latest checkpoint (LangGraph ids sort by time, and every LangGraph saver returns the
+greatest id as the latest). The whole checkpoint, channel values included, is one
+steplog state, so a growing conversation is stored as a zstd delta proportional to
+each step's change; and as pending writes share the checkpoints' delta chain, a
+message written by a task and then carried into the next checkpoint is stored once.
+Stores written before this layout keep pending writes in a second run,
+``lg␟w␟<thread>␟<ns>``: they are still read. Deletions that LangGraph asks for in the
+middle of a thread (``delete_for_runs``, ``prune``) rewrite the thread's runs in one
+atomic steplog batch.
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ from __future__ import annotations
 import os
 from collections.abc import AsyncIterator, Iterator, Sequence
 from contextlib import AbstractAsyncContextManager, AbstractContextManager
+from functools import partial
 from typing import Any
 
 import anyio.to_thread
@@ -70,6 +77,40 @@ def _parse(run_id: str) -> tuple[str, str, str] | None:
     return parts[1], parts[2], parts[3]
 
 
+def _checkpoint_of(
+    view: _View, run: str, cid: str, legacy: bool = True
+) -> tuple[Any, list[Any]] | None:
+    """From one snapshot: the state of checkpoint ``cid`` in ``run`` (its newest put)
+    and the states of its pending writes in call order (those in the second run of
+    the older layout first, if ``legacy``: the store may have such runs); None if it
+    was never put."""
+    checkpoint = None
+    writes = []
+    for state in view.with_node(run, cid):
+        if "c" in state:
+            checkpoint = state
+        else:
+            writes.append(state)
+    if checkpoint is None:
+        return None
+    if not legacy:
+        return checkpoint, writes
+    _prefix, _kind, thread_id, ns = run.split(SEP)
+    return checkpoint, view.with_node(_run("w", thread_id, ns), cid) + writes
+
+
+def _latest_of(view: _View, run: str, legacy: bool = True) -> tuple[str, Any, list[Any]] | None:
+    """(id, state, pending writes) of the run's latest checkpoint: the greatest id put
+    (LangGraph's ids sort by time), skipping ids that only have pending writes."""
+    node = view.last_node(run)
+    while node is not None:
+        found = _checkpoint_of(view, run, node, legacy)
+        if found is not None:
+            return node, *found
+        node = view.last_node(run, below=node)
+    return None
+
+
 def _check(value: str, what: str) -> str:
     if not isinstance(value, str):
         raise InvalidArgument(f"{what} must be a str, not {type(value).__name__}")
@@ -95,6 +136,8 @@ class StepLogSaver(
         super().__init__(serde=serde)
         self.store: Store = store.store if isinstance(store, AsyncStore) else store
         self._owned = False
+        #: whether the store holds pending writes in the older layout's second runs
+        self._legacy = self.store._view(partial(_View.any_run, prefix=f"{_PREFIX}{SEP}w{SEP}"))
 
     @classmethod
     def from_path(
@@ -134,10 +177,8 @@ class StepLogSaver(
         ns = _check(conf.get("checkpoint_ns", "") or "", "checkpoint_ns")
         return thread_id, ns, get_checkpoint_id(config)
 
-    def _tuple(
-        self, thread_id: str, ns: str, state: Any, writes: list[Any] | None = None
-    ) -> CheckpointTuple:
-        """The tuple of a c-run state; ``writes``: its w-run states, if already read."""
+    def _tuple(self, thread_id: str, ns: str, state: Any, writes: list[Any]) -> CheckpointTuple:
+        """The tuple of a checkpoint record's state and its pending-writes states."""
         checkpoint: Checkpoint = self.serde.loads_typed((state["c"][0], state["c"][1]))
         versions = checkpoint.get("channel_versions", {})
         values = {k: v for k, v in checkpoint.get("channel_values", {}).items() if k in versions}
@@ -147,9 +188,6 @@ class StepLogSaver(
         checkpoint = {**checkpoint, "channel_values": values}
         cid = checkpoint["id"]
         parent = state["p"]
-        if writes is None:
-            w_run = _run("w", thread_id, ns)
-            writes = self.store._view(lambda view: view.with_node(w_run, cid))
         return CheckpointTuple(
             config={
                 "configurable": {"thread_id": thread_id, "checkpoint_ns": ns, "checkpoint_id": cid}
@@ -184,10 +222,13 @@ class StepLogSaver(
         wanted = set(missing)
         run = _run("c", thread_id, ns)
         while parent and wanted:
-            cp = self.store.load(run, node=parent)
-            if cp is None:
+            found_state = self.store._view(
+                partial(_checkpoint_of, run=run, cid=parent, legacy=False)
+            )
+            if found_state is None:
                 break
-            ancestor = self.serde.loads_typed((cp.state["c"][0], cp.state["c"][1]))
+            state = found_state[0]
+            ancestor = self.serde.loads_typed((state["c"][0], state["c"][1]))
             a_versions, a_values = (
                 ancestor.get("channel_versions", {}),
                 ancestor.get("channel_values", {}),
@@ -198,11 +239,12 @@ class StepLogSaver(
                 elif k in a_values:
                     found[k] = a_values[k]
                     wanted.discard(k)
-            parent = cp.state["p"]
+            parent = state["p"]
         return found
 
     def _pending(self, writes: list[Any]) -> list[PendingWrite]:
-        """A checkpoint's pending writes from its w-run states (one per put_writes)."""
+        """A checkpoint's pending writes from its writes records' states (one per
+        put_writes, in call order)."""
         kept: dict[tuple[str, int], tuple[str, str, str, Any]] = {}
         for state in writes:
             task_id, task_path = state["t"], state["p"]
@@ -239,19 +281,47 @@ class StepLogSaver(
                 seen.setdefault(parsed[1], None)
         return list(seen)
 
+    def _checkpoints(
+        self, thread_id: str, ns: str, cid: str | None
+    ) -> Iterator[tuple[str | None, Any, list[Any]]]:
+        """(id, state, pending writes) of the (thread, ns)'s checkpoints, newest first,
+        or of checkpoint ``cid`` only."""
+        run, w_run = _run("c", thread_id, ns), _run("w", thread_id, ns)
+        if cid:
+            found = self.store._view(partial(_checkpoint_of, run=run, cid=cid, legacy=self._legacy))
+            if found is not None:
+                yield cid, *found
+            return
+        seen: dict[str | None, list[Any]] = {}  # writes met so far, newest first
+        listed: set[str | None] = set()
+        legacy = self._legacy and self.store.run(w_run) is not None
+        for cp in self._newest_first(run):
+            node = cp.node
+            if "c" not in cp.state:
+                seen.setdefault(node, []).append(cp.state)
+                continue
+            if node in listed:
+                continue  # an id put again: its newest put is the checkpoint
+            listed.add(node)
+            writes = seen.pop(node, [])[::-1]
+            if legacy and node is not None:
+                writes = (
+                    self.store._view(partial(_View.with_node, run_id=w_run, node=node)) + writes
+                )
+            yield node, cp.state, writes
+
     # ------------------------------------------------------------------ sync API
 
     def get_tuple(self, config: RunnableConfig) -> CheckpointTuple | None:
         thread_id, ns, cid = self._ids(config)
-        c_run, w_run = _run("c", thread_id, ns), _run("w", thread_id, ns)
+        run = _run("c", thread_id, ns)
 
         def read(view: _View) -> tuple[Any, list[Any]] | None:
             # the checkpoint and its pending writes from one snapshot
-            found = view.latest(c_run, cid or None)
-            if found is None:
-                return None
-            node, state = found
-            return state, (view.with_node(w_run, node) if node is not None else [])
+            if cid:
+                return _checkpoint_of(view, run, cid, self._legacy)
+            latest = _latest_of(view, run, self._legacy)
+            return None if latest is None else latest[1:]
 
         got = self.store._view(read)
         return None if got is None else self._tuple(thread_id, ns, *got)
@@ -278,21 +348,14 @@ class StepLogSaver(
             pairs = [(t, n) for t in self._threads() for n in self._namespaces(t)]
         before_id = get_checkpoint_id(before) if before else None
         for thread_id, ns in pairs:
-            run = _run("c", thread_id, ns)
-            source = (
-                [c for c in [self.store.load(run, node=cid)] if c]
-                if cid
-                else self._newest_first(run)
-            )
-            for cp in source:
-                state = cp.state
-                if before_id is not None and cp.node is not None and cp.node >= before_id:
+            for node, state, writes in self._checkpoints(thread_id, ns, cid):
+                if before_id is not None and node is not None and node >= before_id:
                     continue
                 if filter:
                     metadata = self.serde.loads_typed((state["m"][0], state["m"][1]))
                     if not all(metadata.get(k) == v for k, v in filter.items()):
                         continue
-                yield self._tuple(thread_id, ns, cp.state)
+                yield self._tuple(thread_id, ns, state, writes)
                 if limit is not None:
                     limit -= 1
                     if limit <= 0:
@@ -332,7 +395,7 @@ class StepLogSaver(
             type_, data = self.serde.dumps_typed(value)
             encoded.append([WRITES_IDX_MAP.get(channel, idx), channel, type_, data])
         self.store.append(
-            _run("w", thread_id, ns),
+            _run("c", thread_id, ns),
             {"t": task_id, "p": task_path, "w": encoded},
             workflow_id=_workflow(thread_id),
             node=cid,
@@ -374,37 +437,39 @@ class StepLogSaver(
                 self.delete_thread(thread_id)
                 continue
             for ns in self._namespaces(_check(thread_id, "thread_id")):
-                latest = self.store.load(_run("c", thread_id, ns))
+                run = _run("c", thread_id, ns)
+                latest = self.store._view(partial(_latest_of, run=run, legacy=self._legacy))
                 if latest is not None:
-                    self._rewrite(thread_id, ns, None, keep_only=latest.node)
+                    self._rewrite(thread_id, ns, None, keep_only=latest[0])
 
     def _rewrite(self, thread_id: str, ns: str, keep: Any, *, keep_only: str | None = None) -> None:
         """Atomically replace a (thread, ns)'s runs with the checkpoints that ``keep``
         accepts (by metadata) or just ``keep_only``, each with its writes."""
         cp_run, w_run = _run("c", thread_id, ns), _run("w", thread_id, ns)
-        checkpoints = list(self.store.history(cp_run))
+        records = list(self.store.history(cp_run))
+        checkpoints = [cp for cp in records if "c" in cp.state]
+        ids: set[str | None]
         if keep_only is not None:
-            kept = [cp for cp in checkpoints if cp.node == keep_only]
+            ids = {cp.node for cp in checkpoints if cp.node == keep_only}
         else:
-            kept = [
-                cp
+            ids = {
+                cp.node
                 for cp in checkpoints
                 if keep(self.serde.loads_typed((cp.state["m"][0], cp.state["m"][1])))
-            ]
-        if len(kept) == len(checkpoints):
+            }
+        if ids == {cp.node for cp in checkpoints}:
             return
-        ids = {cp.node for cp in kept}
-        writes = []
+        legacy = []
         if self.store.run(w_run) is not None:
-            writes = [w for w in self.store.history(w_run) if w.node in ids]
+            legacy = [w for w in self.store.history(w_run) if w.node in ids]
         workflow = _workflow(thread_id)
         with self.store.batch() as b:
             b.purge(cp_run, missing_ok=True)
             b.purge(w_run, missing_ok=True)
-            for cp in kept:
-                b.append(cp_run, cp.state, workflow_id=workflow, node=cp.node)
-            for w in writes:
-                b.append(w_run, w.state, workflow_id=workflow, node=w.node)
+            for run, kept in ((cp_run, records), (w_run, legacy)):
+                for r in kept:
+                    if r.node in ids:
+                        b.append(run, r.state, workflow_id=workflow, node=r.node)
 
     # ------------------------------------------------------------------ async API
 

@@ -350,6 +350,18 @@ class Store:
             return hit
         return None
 
+    def _held(self, run_id: str, hdr: _RunHeader, index: int) -> bytes | None:
+        """The cached payload of record ``index``: the run's latest, or the large one
+        before a small latest. (While the entry is the run's latest, the records
+        before it are the ones it saw: a run only changes at its end.)"""
+        hit = self._cache.get(run_id)
+        if hit is None or hit.seq != hdr.seq or hit.index != hdr.length - 1:
+            return None
+        if index == hit.index:
+            return hit.payload
+        anchor = hit.anchor
+        return anchor.payload if anchor is not None and anchor.index == index else None
+
     def _node_index(self, txn: Txn, hdr: _RunHeader, node: bytes) -> int | None:
         """Index of the run's latest checkpoint written by ``node``."""
         hit = self._last_with_prefix(txn, _keys.node_prefix(hdr.run_no, node))
@@ -1287,17 +1299,26 @@ class _View:
     the states of a run's checkpoints without building :class:`Checkpoint` objects.
     Arguments are validated as by the public reads."""
 
-    __slots__ = ("_store", "_txn")
+    __slots__ = ("_headers", "_store", "_txn")
 
     def __init__(self, store: Store, txn: Txn) -> None:
         self._store = store
         self._txn = txn
+        self._headers: dict[str, _RunHeader | None] = {}
+
+    def _header(self, run_id: str) -> _RunHeader | None:
+        try:
+            return self._headers[run_id]
+        except KeyError:
+            hdr = self._store._header(self._txn, _validate.ident(run_id, "run_id"))
+            self._headers[run_id] = hdr
+            return hdr
 
     def latest(self, run_id: str, node: str | None = None) -> tuple[str | None, Any] | None:
         """(node, state) of the run's latest checkpoint, or of the latest ``node``
         wrote; None if there is none."""
         store, txn = self._store, self._txn
-        hdr = store._header(txn, _validate.ident(run_id, "run_id"))
+        hdr = self._header(run_id)
         if hdr is None or hdr.length == 0:
             return None
         if node is None:
@@ -1311,19 +1332,43 @@ class _View:
 
     def with_node(self, run_id: str, node: str) -> list[Any]:
         """States of every checkpoint ``node`` wrote in the run, in index order."""
-        store, txn = self._store, self._txn
-        hdr = store._header(txn, _validate.ident(run_id, "run_id"))
+        hdr = self._header(run_id)
         if hdr is None:
             return []
-        indices = _node_indices(txn, hdr, _validate.ident(node, "node"), 0, hdr.length)
+        indices = _node_indices(self._txn, hdr, _validate.ident(node, "node"), 0, hdr.length)
         return [self._state(run_id, hdr, at)[1] for at in indices]
+
+    def any_run(self, prefix: str) -> bool:
+        """Whether some run's id starts with ``prefix``."""
+        key = _keys.id_key(prefix.encode())
+        cur = self._txn.cursor()
+        return bool(cur.set_range(key)) and cur.key().startswith(key)
+
+    def last_node(self, run_id: str, below: str | None = None) -> str | None:
+        """The greatest node (in UTF-8 byte order) that wrote a checkpoint of the run,
+        or the greatest below ``below``; None if there is none."""
+        hdr = self._header(run_id)
+        if hdr is None:
+            return None
+        prefix = _keys.nodes_prefix(hdr.run_no)
+        bound = (
+            prefix + _validate.ident(below, "node") + _keys.SEP
+            if below is not None
+            else _keys.prefix_end(prefix)
+        )
+        cur = self._txn.cursor()
+        found = cur.prev() if bound is not None and cur.set_range(bound) else cur.last()
+        if not found:
+            return None
+        key: bytes = cur.key()
+        if not key.startswith(prefix):
+            return None
+        return key[len(prefix) : -len(_keys.SEP) - U64.size].decode()
 
     def _state(self, run_id: str, hdr: _RunHeader, at: int) -> tuple[str | None, Any]:
         store = self._store
-        cached = store._cached_latest(run_id, hdr, at)
-        if cached is not None:
-            payload = cached.payload
-        else:
+        payload = store._held(run_id, hdr, at)
+        if payload is None:
             head, payload = store._payload(self._txn, hdr, run_id, at)
             store._cache_if_latest(run_id, hdr, at, head, payload)
         node, _metadata, state = _record.decode_payload(run_id, at, payload)
