@@ -16,7 +16,7 @@ from typing import Any
 
 import msgspec
 import zstandard
-from bench import chat_states  # type: ignore[import-not-found]
+from bench import chat_states, next_state, sized_state  # type: ignore[import-not-found]
 
 from steplog import _record
 
@@ -62,8 +62,8 @@ def chain_costs(payloads: list[bytes], k: int, level: int) -> dict[str, float]:
 
 def stream_costs(payloads: list[bytes], k: int) -> dict[str, float]:
     """steplog's own codec (stream chains) with keyframe interval ``k``."""
-    saved = _record.KEYFRAME_INTERVAL
-    _record.KEYFRAME_INTERVAL = k
+    saved = _record.KEYFRAME_INTERVAL, _record.LONG_KEYFRAME_INTERVAL
+    _record.KEYFRAME_INTERVAL = _record.LONG_KEYFRAME_INTERVAL = k
     try:
         bodies: list[_record.Body] = []
         t = time.perf_counter()
@@ -76,7 +76,7 @@ def stream_costs(payloads: list[bytes], k: int) -> dict[str, float]:
             bodies.append(body)
         enc = (time.perf_counter() - t) / len(payloads)
     finally:
-        _record.KEYFRAME_INTERVAL = saved
+        _record.KEYFRAME_INTERVAL, _record.LONG_KEYFRAME_INTERVAL = saved
     records = [
         _record.frame(b, seq=i, created_ns=0, status=_record.Status.RUNNING)
         for i, b in enumerate(bodies)
@@ -98,8 +98,60 @@ def stream_costs(payloads: list[bytes], k: int) -> dict[str, float]:
     }
 
 
+def stream_params(payloads: list[bytes], level: int, min_match: int) -> tuple[float, float]:
+    """Bytes and microseconds per record of one stream chain with these match-finder
+    settings (tables as steplog's Stream sizes them)."""
+    window_log = min(max((4 * max(map(len, payloads)) - 1).bit_length(), 15), 22)
+    base = zstandard.ZstdCompressionParameters.from_level(
+        level, source_size=1 << window_log, window_log=window_log
+    )
+    table_log = min(base.hash_log, base.chain_log, window_log - 2, _record.STREAM_MAX_TABLE_LOG)
+    params = zstandard.ZstdCompressionParameters(
+        window_log=window_log,
+        hash_log=table_log,
+        chain_log=table_log,
+        search_log=base.search_log,
+        min_match=min_match,
+        target_length=base.target_length,
+        strategy=base.strategy,
+        write_checksum=False,
+        write_content_size=False,
+        write_dict_id=False,
+    )
+    best, size = float("inf"), 0
+    for _ in range(3):
+        cobj = zstandard.ZstdCompressor(compression_params=params).compressobj()
+        size = 0
+        t = time.perf_counter()
+        for i, p in enumerate(payloads):
+            block = cobj.compress(p) + cobj.flush(zstandard.COMPRESSOBJ_FLUSH_BLOCK)
+            size += len(block) if i else 0
+        best = min(best, time.perf_counter() - t)
+    return size / (len(payloads) - 1), best / len(payloads) * 1e6
+
+
 def main() -> None:
+    workloads = {}
+    for nbytes in (2048, 20480):
+        state, chain = sized_state(nbytes, 1), []
+        for i in range(200):
+            state = next_state(state, i)
+            chain.append(msgspec.msgpack.encode((None, {}, state)))
+        workloads[f"{nbytes // 1024} KiB"] = chain
     states = chat_states(4, 200)
+    workloads["chat"] = [msgspec.msgpack.encode((None, {}, s)) for s in states[0]]
+    print("stream match finder: B / us per record (steplog: level 5, min match 6)")
+    for level, min_match in ((3, 5), (3, 6), (5, 5), (5, 6), (6, 6)):
+        cells = [
+            "{:>6.0f} B {:>5.1f} us".format(*stream_params(chain, level, min_match))
+            for chain in workloads.values()
+        ]
+        print(
+            f"level {level} min match {min_match}: "
+            + " | ".join(f"{name} {cell}" for name, cell in zip(workloads, cells, strict=True))
+        )
+    print()
+
     payloads = [msgspec.msgpack.encode((None, {}, s)) for run in states for s in run][:200]
     print(
         f"growing chat, {len(payloads)} steps, last payload {len(payloads[-1]):,} B, "

@@ -56,13 +56,32 @@ def test_growing_state_is_stored_as_deltas_with_periodic_keyframes(path: Path) -
         for st in states:
             store.append("r", st)
     depths = _depths(path, 1, len(states))
+    sizes = [len(_record.encode_payload("r", None, {}, st)) for st in states]
     assert depths[0] == 0
-    assert max(depths) == K - 1  # a full chain, and never longer
+    # chains are never longer than their states' size allows: K records, twice as
+    # many once the state reaches LONG_CHAIN_BYTES (a keyframe then costs more)
+    assert all(d < _record.interval(n) for d, n in zip(depths, sizes, strict=True))
     # each record is a keyframe or the next link of the chain before it
     assert all(d in (0, depths[i - 1] + 1) for i, d in enumerate(depths) if i)
     # a keyframe every K records, plus one where the growing state outgrew its
     # stream's window
     assert depths.count(0) <= len(states) // K + 2
+
+
+@pytest.mark.parametrize("size", [2_000, 40_000])
+def test_a_chain_holds_as_many_records_as_its_state_size_allows(path: Path, size: int) -> None:
+    rng = random.Random(size)
+    text = " ".join(str(rng.random()) for _ in range(size // 19))
+    k = _record.interval(len(_record.encode_payload("r", None, {}, {"step": 0, "text": text})))
+    assert k == (K if size < _record.LONG_CHAIN_BYTES else _record.LONG_KEYFRAME_INTERVAL)
+    n = 2 * k + 5
+    with steplog.open(path) as store:
+        for i in range(n):
+            store.append("r", {"step": i, "text": text})
+        assert store.load("r", k + 3).state == {"step": k + 3, "text": text}
+    depths = _depths(path, 1, n)
+    assert max(depths) == k - 1
+    assert [i for i, d in enumerate(depths) if d == 0] == [0, k, 2 * k]
 
 
 def test_every_index_loads_exactly_cold_and_warm(path: Path) -> None:
@@ -493,3 +512,17 @@ def test_a_stream_counts_the_large_payload_behind_a_small_one_against_its_window
     assert not stream.fits(20 << 10)
     assert stream.fits(16 << 10)
     assert stream.fits(300)
+
+
+def test_chains_of_very_large_states_are_bounded_in_bytes_decoded(path: Path) -> None:
+    assert _record.interval(2 << 20) * (2 << 20) <= _record.CHAIN_MAX_BYTES
+    rng = random.Random(5)
+    text = " ".join(str(rng.random()) for _ in range((1 << 20) // 19))  # ~1 MiB
+    size = len(_record.encode_payload("r", None, {}, {"step": 0, "text": text}))
+    k = _record.interval(size)
+    assert k * size <= _record.CHAIN_MAX_BYTES < _record.LONG_KEYFRAME_INTERVAL * size
+    with steplog.open(path, max_record_size=4 << 20) as store:
+        for i in range(k + 3):
+            store.append("r", {"step": i, "text": text})
+    depths = _depths(path, 1, k + 3)
+    assert max(depths) == k - 1 and depths[k] == 0

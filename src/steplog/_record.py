@@ -57,11 +57,18 @@ HEADER_SIZE = HEADER.size
 #: text-heavy state at about half the CPU.
 ZSTD_LEVEL = 3
 #: A chain (a keyframe and the deltas after it) holds at most KEYFRAME_INTERVAL large
-#: records (payload >= DELTA_MIN_BYTES): loading any index decodes at most this many of
-#: them. With stream chains on the growing-chat workload, 64 costs ~490 B per checkpoint
-#: (32: ~680 B, 128: ~330 B) while a worst-case cold load of a ~120 KB state stays under
-#: ~1 ms (128: ~1.9 ms) (benchmarks/bench_codec.py).
+#: records (payload >= DELTA_MIN_BYTES), LONG_KEYFRAME_INTERVAL once they reach
+#: LONG_CHAIN_BYTES, and at most CHAIN_MAX_BYTES of payloads: loading any index decodes
+#: at most that many. A keyframe costs a full compression of the state while a delta
+#: costs its change, so the larger a state grows, the more a keyframe costs against
+#: the deltas it saves. Measured with benchmarks/bench_codec.py on a chat growing to
+#: 117 KB: 64 records per chain cost ~410 B per checkpoint and a worst-case cold load
+#: of 0.48 ms, 128 ~335 B and 0.74 ms; for 2 KiB and 20 KiB states 64 already makes
+#: keyframes a small share, and a load by index stays ~2x faster than with 128.
 KEYFRAME_INTERVAL = 64
+LONG_KEYFRAME_INTERVAL = 128
+LONG_CHAIN_BYTES = 32 << 10
+CHAIN_MAX_BYTES = 16 << 20
 #: zstd level for deltas. Level 1's small match tables miss most matches in a large
 #: dictionary (~3.1 KB per chat step vs ~0.63 KB at level 3, for similar CPU), so deltas
 #: use zstd's default level 3 (benchmarks/bench_codec.py).
@@ -72,9 +79,9 @@ DELTA_LEVEL = 3
 DELTA_MIN_BYTES = 1024
 SMALL_KEYFRAME_INTERVAL = 8
 #: Small records between large ones (a LangGraph checkpoint's pending writes between
-#: checkpoints) do not count towards KEYFRAME_INTERVAL, but a chain holds at most
-#: MAX_CHAIN records in all (the delta depth is one byte).
-MAX_CHAIN = 2 * KEYFRAME_INTERVAL
+#: checkpoints) do not count towards the interval, but a chain holds at most MAX_CHAIN
+#: records in all (the delta depth is one byte).
+MAX_CHAIN = 255
 #: A delta is kept only if it is under 3/4 of a keyframe: a barely smaller delta is not
 #: worth lengthening the chain that random access must decode.
 DELTA_MAX_SHARE = 0.75
@@ -91,6 +98,16 @@ MIN_COMPRESS_BYTES = 64
 STREAM_MIN_WINDOW_LOG = 15
 STREAM_MAX_WINDOW_LOG = 22
 STREAM_MAX_PAYLOAD = (1 << STREAM_MAX_WINDOW_LOG) // 4
+#: A stream's match finder: zstd level 5's (greedy) with matches of at least 6 bytes.
+#: Measured with benchmarks/bench_codec.py on chains of 2 KiB, 20 KiB and growing-chat
+#: states: level 3's double-fast finder with 5-byte matches stores ~23 / ~140 / ~225 B
+#: per record; this one ~23 / ~24 / ~215 B (a 20 KiB state that repeats its
+#: predecessor is found as one long match instead of many short ones), at ~2 us more
+#: per 100 KiB chat state and less per 20 KiB one; LangGraph chats store ~4% fewer
+#: bytes per checkpoint. A lazy finder (level 6) saves another ~10% on chats at 3x
+#: the CPU.
+STREAM_LEVEL = 5
+STREAM_MIN_MATCH = 6
 #: Largest match tables of a stream (log2 entries). Measured on growing chats of 100 KB
 #: to 700 KB: 2^14 stores the same bytes per step as level 3's 2^17 at the same speed,
 #: so 20 hot 100 KB chat streams fit the default cache's compressor budget.
@@ -175,19 +192,19 @@ class Stream:
             max((4 * payload_len - 1).bit_length(), STREAM_MIN_WINDOW_LOG), STREAM_MAX_WINDOW_LOG
         )
         level = zstandard.ZstdCompressionParameters.from_level(
-            ZSTD_LEVEL, source_size=1 << window_log, window_log=window_log
+            STREAM_LEVEL, source_size=1 << window_log, window_log=window_log
         )
         # Match tables a quarter of the window, at most 2^STREAM_MAX_TABLE_LOG entries:
-        # the same ratio on checkpoint chains as level 3's defaults (a state repeats its
-        # predecessor in long runs, which small tables find), at half the memory for
-        # small states (~0.3 MB) and ~0.4 MB less for large ones.
+        # the same ratio on checkpoint chains as the level's defaults (a state repeats
+        # its predecessor in long runs, which small tables find), at half the memory
+        # for small states (~0.3 MB) and ~0.4 MB less for large ones.
         table_log = min(level.hash_log, level.chain_log, window_log - 2, STREAM_MAX_TABLE_LOG)
         params = zstandard.ZstdCompressionParameters(
             window_log=window_log,
             hash_log=table_log,
             chain_log=table_log,
             search_log=level.search_log,
-            min_match=level.min_match,
+            min_match=STREAM_MIN_MATCH,
             target_length=level.target_length,
             strategy=level.strategy,
             write_checksum=False,
@@ -265,17 +282,29 @@ def _is_big(payload: bytes) -> int:
     return 1 if len(payload) >= DELTA_MIN_BYTES else 0
 
 
+def interval(size: int) -> int:
+    """The most records of ``size`` bytes a chain holds."""
+    if size < DELTA_MIN_BYTES:
+        return SMALL_KEYFRAME_INTERVAL
+    if size < LONG_CHAIN_BYTES:
+        return KEYFRAME_INTERVAL
+    return max(SMALL_KEYFRAME_INTERVAL, min(LONG_KEYFRAME_INTERVAL, CHAIN_MAX_BYTES // size))
+
+
 def _keyframe_due(payload: bytes, depth: int, big: int | None) -> bool:
     """Whether a record at chain ``depth`` (``big`` large records in its chain, itself
-    included) must be a keyframe: past KEYFRAME_INTERVAL large records, MAX_CHAIN records,
-    or SMALL_KEYFRAME_INTERVAL records of a chain of small ones. With ``big`` unknown,
-    the interval of the record's own size."""
+    included) must be a keyframe: a large one past its size's interval of large
+    records, a small one past SMALL_KEYFRAME_INTERVAL records of a chain of small ones,
+    any past MAX_CHAIN records. With ``big`` unknown, past its size's interval of
+    records."""
+    size = len(payload)
     if big is None:
-        small = len(payload) < DELTA_MIN_BYTES
-        return depth >= (SMALL_KEYFRAME_INTERVAL if small else KEYFRAME_INTERVAL)
+        return depth >= interval(size)
     if depth >= MAX_CHAIN:
         return True
-    return big > KEYFRAME_INTERVAL if big else depth >= SMALL_KEYFRAME_INTERVAL
+    if size < DELTA_MIN_BYTES:
+        return not big and depth >= SMALL_KEYFRAME_INTERVAL
+    return big > interval(size)
 
 
 def _delta(payload: bytes, base: bytes) -> bytes:
