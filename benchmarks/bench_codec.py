@@ -101,22 +101,8 @@ def stream_costs(payloads: list[bytes], k: int) -> dict[str, float]:
 def stream_params(payloads: list[bytes], level: int, min_match: int) -> tuple[float, float]:
     """Bytes and microseconds per record of one stream chain with these match-finder
     settings (tables as steplog's Stream sizes them)."""
-    window_log = min(max((4 * max(map(len, payloads)) - 1).bit_length(), 15), 22)
-    base = zstandard.ZstdCompressionParameters.from_level(
-        level, source_size=1 << window_log, window_log=window_log
-    )
-    table_log = min(base.hash_log, base.chain_log, window_log - 2, _record.STREAM_MAX_TABLE_LOG)
-    params = zstandard.ZstdCompressionParameters(
-        window_log=window_log,
-        hash_log=table_log,
-        chain_log=table_log,
-        search_log=base.search_log,
-        min_match=min_match,
-        target_length=base.target_length,
-        strategy=base.strategy,
-        write_checksum=False,
-        write_content_size=False,
-        write_dict_id=False,
+    params = _record.stream_params(
+        _record.stream_window_log(max(map(len, payloads))), level, min_match
     )
     best, size = float("inf"), 0
     for _ in range(3):

@@ -175,6 +175,39 @@ def _full(payload: bytes) -> tuple[int, bytes]:
     return CODEC_RAW, payload
 
 
+def stream_window_log(payload_len: int) -> int:
+    """log2 of the window of a stream starting with a payload of ``payload_len`` bytes."""
+    return min(
+        max((4 * payload_len - 1).bit_length(), STREAM_MIN_WINDOW_LOG), STREAM_MAX_WINDOW_LOG
+    )
+
+
+def stream_params(
+    window_log: int, level: int = STREAM_LEVEL, min_match: int = STREAM_MIN_MATCH
+) -> zstandard.ZstdCompressionParameters:
+    """A stream's compression parameters: ``level``'s match finder with ``min_match``."""
+    base = zstandard.ZstdCompressionParameters.from_level(
+        level, source_size=1 << window_log, window_log=window_log
+    )
+    # Match tables a quarter of the window, at most 2^STREAM_MAX_TABLE_LOG entries: the
+    # same ratio on checkpoint chains as the level's defaults (a state repeats its
+    # predecessor in long runs, which small tables find), at half the memory for small
+    # states (~0.3 MB) and ~0.4 MB less for large ones.
+    table_log = min(base.hash_log, base.chain_log, window_log - 2, STREAM_MAX_TABLE_LOG)
+    return zstandard.ZstdCompressionParameters(
+        window_log=window_log,
+        hash_log=table_log,
+        chain_log=table_log,
+        search_log=base.search_log,
+        min_match=min_match,
+        target_length=base.target_length,
+        strategy=base.strategy,
+        write_checksum=False,
+        write_content_size=False,
+        write_dict_id=False,
+    )
+
+
 class Stream:
     """A run's live zstd compressor: the writer side of a stream chain.
 
@@ -188,29 +221,8 @@ class Stream:
     __slots__ = ("_cctx", "_cobj", "_lock", "_recent", "memory", "pos", "window")
 
     def __init__(self, payload_len: int) -> None:
-        window_log = min(
-            max((4 * payload_len - 1).bit_length(), STREAM_MIN_WINDOW_LOG), STREAM_MAX_WINDOW_LOG
-        )
-        level = zstandard.ZstdCompressionParameters.from_level(
-            STREAM_LEVEL, source_size=1 << window_log, window_log=window_log
-        )
-        # Match tables a quarter of the window, at most 2^STREAM_MAX_TABLE_LOG entries:
-        # the same ratio on checkpoint chains as the level's defaults (a state repeats
-        # its predecessor in long runs, which small tables find), at half the memory
-        # for small states (~0.3 MB) and ~0.4 MB less for large ones.
-        table_log = min(level.hash_log, level.chain_log, window_log - 2, STREAM_MAX_TABLE_LOG)
-        params = zstandard.ZstdCompressionParameters(
-            window_log=window_log,
-            hash_log=table_log,
-            chain_log=table_log,
-            search_log=level.search_log,
-            min_match=STREAM_MIN_MATCH,
-            target_length=level.target_length,
-            strategy=level.strategy,
-            write_checksum=False,
-            write_content_size=False,
-            write_dict_id=False,
-        )
+        window_log = stream_window_log(payload_len)
+        params = stream_params(window_log)
         cctx = zstandard.ZstdCompressor(compression_params=params)
         self._cobj = cctx.compressobj()
         self._lock = threading.Lock()
