@@ -126,7 +126,10 @@ def main() -> None:
         workloads[f"{nbytes // 1024} KiB"] = chain
     states = chat_states(4, 200)
     workloads["chat"] = [msgspec.msgpack.encode((None, {}, s)) for s in states[0]]
-    print("stream match finder: B / us per record (steplog: level 5, min match 6)")
+    print(
+        "stream match finder: B / us per record "
+        "(steplog: level 5, min match 6; from 32 KiB states level 3, min match 5)"
+    )
     for level, min_match in ((3, 5), (3, 6), (5, 5), (5, 6), (6, 6)):
         cells = [
             "{:>6.0f} B {:>5.1f} us".format(*stream_params(chain, level, min_match))

@@ -98,16 +98,18 @@ MIN_COMPRESS_BYTES = 64
 STREAM_MIN_WINDOW_LOG = 15
 STREAM_MAX_WINDOW_LOG = 22
 STREAM_MAX_PAYLOAD = (1 << STREAM_MAX_WINDOW_LOG) // 4
-#: A stream's match finder: zstd level 5's (greedy) with matches of at least 6 bytes.
+#: A stream's match finder: for states under LONG_CHAIN_BYTES, zstd level 5's (greedy)
+#: with matches of at least 6 bytes; for larger ones level 3's (double fast) with 5.
 #: Measured with benchmarks/bench_codec.py on chains of 2 KiB, 20 KiB and growing-chat
-#: states: level 3's double-fast finder with 5-byte matches stores ~23 / ~140 / ~225 B
-#: per record; this one ~23 / ~24 / ~215 B (a 20 KiB state that repeats its
-#: predecessor is found as one long match instead of many short ones), at ~2 us more
-#: per 100 KiB chat state and less per 20 KiB one; LangGraph chats store ~4% fewer
-#: bytes per checkpoint. A lazy finder (level 6) saves another ~10% on chats at 3x
-#: the CPU.
+#: states: level 3's finder stores ~23 / ~140 / ~225 B per record, the greedy one
+#: ~23 / ~24 / ~215 B (a 20 KiB state that repeats its predecessor is found as one
+#: long match instead of many short ones) at the same CPU for small states; on large
+#: states its keyframes cost ~4 us more per append (~7% of a chat append) for ~2%
+#: fewer bytes. A lazy finder (level 6) saves another ~10% on chats at 3x the CPU.
 STREAM_LEVEL = 5
 STREAM_MIN_MATCH = 6
+LARGE_STREAM_LEVEL = 3
+LARGE_STREAM_MIN_MATCH = 5
 #: Largest match tables of a stream (log2 entries). Measured on growing chats of 100 KB
 #: to 700 KB: 2^14 stores the same bytes per step as level 3's 2^17 at the same speed,
 #: so 20 hot 100 KB chat streams fit the default cache's compressor budget.
@@ -183,9 +185,14 @@ def stream_window_log(payload_len: int) -> int:
 
 
 def stream_params(
-    window_log: int, level: int = STREAM_LEVEL, min_match: int = STREAM_MIN_MATCH
+    window_log: int, level: int | None = None, min_match: int | None = None
 ) -> zstandard.ZstdCompressionParameters:
-    """A stream's compression parameters: ``level``'s match finder with ``min_match``."""
+    """A stream's compression parameters: ``level``'s match finder with ``min_match``
+    (by default those for the states that get a window of this size)."""
+    if level is None or min_match is None:
+        large = window_log >= stream_window_log(LONG_CHAIN_BYTES)
+        level = LARGE_STREAM_LEVEL if large else STREAM_LEVEL
+        min_match = LARGE_STREAM_MIN_MATCH if large else STREAM_MIN_MATCH
     base = zstandard.ZstdCompressionParameters.from_level(
         level, source_size=1 << window_log, window_log=window_log
     )
