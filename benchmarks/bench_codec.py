@@ -101,9 +101,7 @@ def stream_costs(payloads: list[bytes], k: int) -> dict[str, float]:
 def stream_params(payloads: list[bytes], level: int, min_match: int) -> tuple[float, float]:
     """Bytes and microseconds per record of one stream chain with these match-finder
     settings (tables as steplog's Stream sizes them)."""
-    params = _record.stream_params(
-        _record.stream_window_log(max(map(len, payloads))), level, min_match
-    )
+    params = _record.stream_params(max(map(len, payloads)), level, min_match)
     best, size = float("inf"), 0
     for _ in range(3):
         cobj = zstandard.ZstdCompressor(compression_params=params).compressobj()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import statistics
 from pathlib import Path
 from typing import Any
 
@@ -526,3 +527,27 @@ def test_chains_of_very_large_states_are_bounded_in_bytes_decoded(path: Path) ->
             store.append("r", {"step": i, "text": text})
     depths = _depths(path, 1, k + 3)
     assert max(depths) == k - 1 and depths[k] == 0
+
+
+def test_a_mid_size_state_that_repeats_its_predecessor_costs_tens_of_bytes(path: Path) -> None:
+    rng = random.Random(11)
+    words = "the agent asked the customer about refunds shipping delays and next steps".split()
+    notes = " ".join(rng.choice(words) for _ in range(3500))
+    assert 15_000 < len(notes) < _record.LONG_CHAIN_BYTES
+    scores = [rng.random() for _ in range(8)]
+    n = 40
+    with steplog.open(path) as store:
+        for i in range(n):
+            scores[i % 8] = i / 7
+            state = {"step": i, "status": f"node-{i % 5}", "scores": scores, "notes": notes}
+            store.append("r", state)
+    env = lmdb.open(str(path), readonly=True, lock=False)
+    try:
+        with env.begin() as txn:
+            records = [txn.get(_keys.log_key(1, i)) for i in range(n)]
+    finally:
+        env.close()
+    blocks = [len(r) - _record.HEADER_SIZE for r in records if r[1] == _record.CODEC_STREAM_NEXT]
+    assert len(blocks) == n - 1
+    # one long match for the unchanged text, a few bytes for the step and status
+    assert statistics.mean(blocks) < 40

@@ -185,14 +185,16 @@ def stream_window_log(payload_len: int) -> int:
 
 
 def stream_params(
-    window_log: int, level: int | None = None, min_match: int | None = None
+    payload_len: int, level: int | None = None, min_match: int | None = None
 ) -> zstandard.ZstdCompressionParameters:
-    """A stream's compression parameters: ``level``'s match finder with ``min_match``
-    (by default those for the states that get a window of this size)."""
+    """The compression parameters of a stream starting with a payload of
+    ``payload_len`` bytes: ``level``'s match finder with ``min_match`` (by default
+    those for states of this size)."""
     if level is None or min_match is None:
-        large = window_log >= stream_window_log(LONG_CHAIN_BYTES)
+        large = payload_len >= LONG_CHAIN_BYTES
         level = LARGE_STREAM_LEVEL if large else STREAM_LEVEL
         min_match = LARGE_STREAM_MIN_MATCH if large else STREAM_MIN_MATCH
+    window_log = stream_window_log(payload_len)
     base = zstandard.ZstdCompressionParameters.from_level(
         level, source_size=1 << window_log, window_log=window_log
     )
@@ -228,12 +230,11 @@ class Stream:
     __slots__ = ("_cctx", "_cobj", "_lock", "_recent", "memory", "pos", "window")
 
     def __init__(self, payload_len: int) -> None:
-        window_log = stream_window_log(payload_len)
-        params = stream_params(window_log)
+        params = stream_params(payload_len)
         cctx = zstandard.ZstdCompressor(compression_params=params)
         self._cobj = cctx.compressobj()
         self._lock = threading.Lock()
-        self.window = 1 << window_log
+        self.window = 1 << params.window_log
         self.pos = 0
         #: lengths of the last payloads fed, newest last
         self._recent: tuple[int, ...] = ()
