@@ -78,15 +78,15 @@ def _parse(run_id: str) -> tuple[str, str, str] | None:
 
 
 def _checkpoint_of(
-    view: _View, run: str, cid: str, legacy: bool = True
+    view: _View, run: str, cid: str, legacy: bool = True, states: list[Any] | None = None
 ) -> tuple[Any, list[Any]] | None:
     """From one snapshot: the state of checkpoint ``cid`` in ``run`` (its newest put)
     and the states of its pending writes in call order (those in the second run of
     the older layout first, if ``legacy``: the store may have such runs); None if it
-    was never put."""
+    was never put. ``states``: the run's records of node ``cid``, if already read."""
     checkpoint = None
     writes = []
-    for state in view.with_node(run, cid):
+    for state in view.with_node(run, cid) if states is None else states:
         if "c" in state:
             checkpoint = state
         else:
@@ -102,12 +102,13 @@ def _checkpoint_of(
 def _latest_of(view: _View, run: str, legacy: bool = True) -> tuple[str, Any, list[Any]] | None:
     """(id, state, pending writes) of the run's latest checkpoint: the greatest id put
     (LangGraph's ids sort by time), skipping ids that only have pending writes."""
-    node = view.last_node(run)
-    while node is not None:
-        found = _checkpoint_of(view, run, node, legacy)
-        if found is not None:
-            return node, *found
-        node = view.last_node(run, below=node)
+    found = view.last_node(run)
+    while found is not None:
+        node, states = found
+        got = _checkpoint_of(view, run, node, legacy, states)
+        if got is not None:
+            return node, *got
+        found = view.last_node(run, below=node)
     return None
 
 

@@ -1344,9 +1344,10 @@ class _View:
         cur = self._txn.cursor()
         return bool(cur.set_range(key)) and cur.key().startswith(key)
 
-    def last_node(self, run_id: str, below: str | None = None) -> str | None:
+    def last_node(self, run_id: str, below: str | None = None) -> tuple[str, list[Any]] | None:
         """The greatest node (in UTF-8 byte order) that wrote a checkpoint of the run,
-        or the greatest below ``below``; None if there is none."""
+        or the greatest below ``below``, with the states of its checkpoints in index
+        order; None if there is none."""
         hdr = self._header(run_id)
         if hdr is None:
             return None
@@ -1363,7 +1364,15 @@ class _View:
         key: bytes = cur.key()
         if not key.startswith(prefix):
             return None
-        return key[len(prefix) : -len(_keys.SEP) - U64.size].decode()
+        node_prefix = key[: -U64.size]
+        indices = []
+        while key.startswith(node_prefix) and len(key) == len(node_prefix) + U64.size:
+            indices.append(U64.unpack_from(key, len(node_prefix))[0])
+            if not cur.prev():
+                break
+            key = cur.key()
+        node = node_prefix[len(prefix) : -len(_keys.SEP)].decode()
+        return node, [self._state(run_id, hdr, at)[1] for at in reversed(indices)]
 
     def _state(self, run_id: str, hdr: _RunHeader, at: int) -> tuple[str | None, Any]:
         store = self._store
