@@ -467,13 +467,14 @@ class Store:
         index = hdr.length
         seq = batch.next_seq()
         created_ns = max(time.time_ns(), hdr.updated_ns)
-        prev: Latest | None
+        prev: Latest | None = None
         if body is not None and self._follows(body, after, hdr, batch):
-            # the record compressed against: the cache entry, or one of this batch
-            prev = after if after is not None and after.seq == hdr.seq else None
-            prev = prev or batch.scratch.get(hdr.run_no)
-            if prev is not None and prev.seq != hdr.seq:
-                prev = None
+            if len(payload) < _record.DELTA_MIN_BYTES:  # its anchor may be needed
+                # the record compressed against: the cache entry, or one of this batch
+                prev = after if after is not None and after.seq == hdr.seq else None
+                prev = prev or batch.scratch.get(hdr.run_no)
+                if prev is not None and prev.seq != hdr.seq:
+                    prev = None
         else:
             prev = self._latest(txn, hdr, run_id, batch) if index else None
             if prev is None:
