@@ -126,7 +126,7 @@ def main() -> None:
     workloads["chat"] = [msgspec.msgpack.encode((None, {}, s)) for s in states[0]]
     print(
         "stream match finder: B / us per record "
-        "(steplog: level 5, min match 6; from 32 KiB states level 3, min match 5)"
+        "(steplog: level 3, min match 6; from 32 KiB states min match 5)"
     )
     for level, min_match in ((3, 5), (3, 6), (5, 5), (5, 6), (6, 6)):
         cells = [

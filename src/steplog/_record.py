@@ -98,14 +98,14 @@ MIN_COMPRESS_BYTES = 64
 STREAM_MIN_WINDOW_LOG = 15
 STREAM_MAX_WINDOW_LOG = 22
 STREAM_MAX_PAYLOAD = (1 << STREAM_MAX_WINDOW_LOG) // 4
-#: A stream's match finder: for states under LONG_CHAIN_BYTES, zstd level 5's (greedy)
-#: with matches of at least 6 bytes; for larger ones level 3's (double fast) with 5.
-#: Measured with benchmarks/bench_codec.py on chains of 2 KiB, 20 KiB and growing-chat
-#: states: level 3's finder stores ~23 / ~140 / ~225 B per record, the greedy one
-#: ~23 / ~24 / ~215 B (a 20 KiB state that repeats its predecessor is found as one
-#: long match instead of many short ones) at the same CPU for small states; on large
-#: states its keyframes cost ~4 us more per append (~7% of a chat append) for ~2%
-#: fewer bytes. A lazy finder (level 6) saves another ~10% on chats at 3x the CPU.
+#: A stream's match finder: zstd level 3's (double fast), with matches of at least 6
+#: bytes for states under LONG_CHAIN_BYTES and 5 for larger ones. Measured with
+#: benchmarks/bench_codec.py on chains of 2 KiB, 20 KiB and growing-chat states: 5-byte
+#: matches store ~23 / ~140 / ~225 B per record, 6-byte ones ~23 / ~25 / ~235 B (a
+#: 20 KiB state that repeats its predecessor is found as one long match instead of
+#: many short ones) in less CPU. Level 5's greedy finder stores ~23 / ~24 / ~215 B but
+#: costs ~2 us more per 2 KiB append and ~4 us more per chat append (its keyframes);
+#: a lazy one (level 6) saves another ~10% on chats at 3x the CPU.
 STREAM_LEVEL = 3
 STREAM_MIN_MATCH = 6
 LARGE_STREAM_LEVEL = 3
