@@ -299,45 +299,55 @@ def test_real_disk_full_fails_cleanly_and_recovers_when_space_returns(tmp_path: 
 
 
 @pytest.mark.parametrize("cache_size", [0, 1 << 20])
-def test_view_reads_states_of_latest_and_of_a_node(path: Path, cache_size: int) -> None:
-    """The internal one-snapshot read StepLogSaver.get_tuple uses: same answers as
-    load/history, from a warm or a cold cache, with the same errors."""
+def test_view_reads_states_by_node_and_the_greatest_node(path: Path, cache_size: int) -> None:
+    """The internal one-snapshot reads StepLogSaver uses: same answers as load/history,
+    from a warm or a cold cache, with the same errors."""
     with steplog.open(path, cache_size=cache_size) as store:
         for i in range(20):
             store.append("r", {"i": i, "pad": "x" * i}, node=f"n{i % 3}")
         store.append("empty-node-run", 1)
         for i in range(70):  # delta chains: the view decodes through them
             store.append("big", {"log": [f"line {j} " * 20 for j in range(i + 1)]}, node="b")
-        assert store._view(lambda view: view.latest("big")) == ("b", store.load("big").state)
         assert store._view(lambda view: view.with_node("big", "b")) == [
             cp.state for cp in store.history("big")
         ]
+        assert store._view(lambda view: view.last_node("big")) == (
+            "b",
+            [cp.state for cp in store.history("big")],
+        )
 
         def read(view):  # type: ignore[no-untyped-def]
             return (
-                view.latest("r"),
-                view.latest("r", "n1"),
+                view.last_node("r"),
+                view.last_node("r", below="n2"),
+                view.last_node("r", below="n0"),
                 view.with_node("r", "n2"),
-                view.latest("nope"),
+                view.last_node("nope"),
                 view.with_node("nope", "n1"),
-                view.latest("r", "absent"),
+                view.last_node("empty-node-run"),
                 view.with_node("empty-node-run", "n1"),
+                (view.any_run("emp"), view.any_run("r"), view.any_run("s"), view.any_run("rr")),
             )
 
-        latest, n1, n2, none1, none2, none3, none4 = store._view(read)
-        assert latest == ("n1", {"i": 19, "pad": "x" * 19})
-        assert n1 == ("n1", store.load("r", node="n1").state)
+        last, below2, below0, n2, none1, none2, none3, none4, runs = store._view(read)
+        assert last == ("n2", [cp.state for cp in store.history("r", node="n2")])
+        assert below2 == ("n1", [cp.state for cp in store.history("r", node="n1")])
+        assert below0 is None
         assert n2 == [cp.state for cp in store.history("r", node="n2")]
         assert (none1, none2, none3, none4) == (None, [], None, [])
+        assert runs == (True, True, False, False)
         with pytest.raises(InvalidArgument):
-            store._view(lambda view: view.latest("bad\x00id"))
+            store._view(lambda view: view.last_node("bad\x00id"))
         with pytest.raises(InvalidArgument):
             store._view(lambda view: view.with_node("r", ""))
-    _rewrite_record(path, 1, 17, lambda b: b[:-3] + bytes(3))
+    _rewrite_record(path, 1, 17, lambda b: b[:-3] + bytes(3))  # i=17 was written by n2
     with steplog.open(path, cache_size=cache_size) as store:
-        for read in (lambda view: view.with_node("r", "n2"), lambda view: view.latest("r", "n2")):
+        for read in (lambda view: view.with_node("r", "n2"), lambda view: view.last_node("r")):
             with pytest.raises(CorruptRecord):
                 store._view(read)
         # small states are stored whole: the records around the damaged one still read
-        assert store._view(lambda view: view.latest("r")) == ("n1", {"i": 19, "pad": "x" * 19})
         assert store._view(lambda view: view.with_node("r", "n0"))[-1] == {"i": 18, "pad": "x" * 18}
+        assert store._view(lambda view: view.last_node("r", below="n2"))[1][-1] == {
+            "i": 19,
+            "pad": "x" * 19,
+        }

@@ -1315,22 +1315,6 @@ class _View:
             self._headers[run_id] = hdr
             return hdr
 
-    def latest(self, run_id: str, node: str | None = None) -> tuple[str | None, Any] | None:
-        """(node, state) of the run's latest checkpoint, or of the latest ``node``
-        wrote; None if there is none."""
-        store, txn = self._store, self._txn
-        hdr = self._header(run_id)
-        if hdr is None or hdr.length == 0:
-            return None
-        if node is None:
-            at = hdr.length - 1
-        else:
-            found = store._node_index(txn, hdr, _validate.ident(node, "node"))
-            if found is None:
-                return None
-            at = found
-        return self._state(run_id, hdr, at)
-
     def with_node(self, run_id: str, node: str) -> list[Any]:
         """States of every checkpoint ``node`` wrote in the run, in index order."""
         hdr = self._header(run_id)
