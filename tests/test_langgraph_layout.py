@@ -126,3 +126,19 @@ def test_a_store_written_with_the_two_run_layout_still_reads(path: Path) -> None
         kept = list(saver.list(_cfg("t")))
         assert [t.checkpoint["id"] for t in kept] == [ids[-1]]
         assert [w[1] for w in kept[0].pending_writes] == ["messages", "extra"]
+
+
+def test_an_id_put_twice_lists_as_get_tuple_reads_it(path: Path) -> None:
+    with StepLogSaver.from_path(path) as saver:
+        ids = _chat(saver, "t", 3)
+        again = _cp(1, ["rewritten"])
+        again["id"] = ids[1]
+        config = saver.put(_cfg("t", ids[0]), again, {"step": 1}, again["channel_versions"])
+        saver.put_writes(config, [("messages", "after the second put")], "task-again")
+        got = saver.get_tuple(_cfg("t", ids[1]))
+        assert got is not None and got.checkpoint["channel_values"]["messages"] == ["rewritten"]
+        assert len(got.pending_writes) == 2
+        listed = {t.checkpoint["id"]: t for t in saver.list(_cfg("t"))}
+        assert sorted(listed) == sorted(ids)  # each id once
+        assert listed[ids[1]].checkpoint == got.checkpoint
+        assert listed[ids[1]].pending_writes == got.pending_writes

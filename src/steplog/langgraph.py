@@ -305,6 +305,18 @@ class StepLogSaver(
                 continue  # an id put again: its newest put is the checkpoint
             listed.add(node)
             writes = seen.pop(node, [])[::-1]
+            if (
+                node is not None
+                and self.store._view(partial(_View.first_index, run_id=run, node=node)) != cp.index
+            ):
+                # records of this id before its newest put (an id put twice): read them
+                # all, as get_tuple does
+                found = self.store._view(
+                    partial(_checkpoint_of, run=run, cid=node, legacy=self._legacy)
+                )
+                if found is not None:
+                    yield node, *found
+                continue
             if legacy and node is not None:
                 writes = (
                     self.store._view(partial(_View.with_node, run_id=w_run, node=node)) + writes

@@ -1323,6 +1323,14 @@ class _View:
         indices = _node_indices(self._txn, hdr, _validate.ident(node, "node"), 0, hdr.length)
         return [self._state(run_id, hdr, at)[1] for at in indices]
 
+    def first_index(self, run_id: str, node: str) -> int | None:
+        """The index of the run's first checkpoint ``node`` wrote, or None."""
+        hdr = self._header(run_id)
+        if hdr is None:
+            return None
+        found = _node_indices(self._txn, hdr, _validate.ident(node, "node"), 0, hdr.length, 1)
+        return found[0] if found else None
+
     def any_run(self, prefix: str) -> bool:
         """Whether some run's id starts with ``prefix``."""
         key = _keys.id_key(prefix.encode())
