@@ -436,15 +436,6 @@ def _mixed(n: int) -> list[dict[str, Any]]:
     return out
 
 
-def _codecs(path: Path, run_no: int, n: int) -> list[int]:
-    env = lmdb.open(str(path), readonly=True, lock=False)
-    try:
-        with env.begin() as txn:
-            return [txn.get(_keys.log_key(run_no, i))[1] for i in range(n)]
-    finally:
-        env.close()
-
-
 def test_small_records_between_large_ones_do_not_shorten_the_chain(path: Path) -> None:
     states = _mixed(K + 10)  # 2K + 20 records, every other one small
     with steplog.open(path) as store:
