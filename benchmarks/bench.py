@@ -5,7 +5,8 @@
 
 Every workload runs in its own subprocess (so peak RSS is per workload) on a fresh
 directory under --dir (default: a temp dir). All figures of one table come from one
-run on one machine; ratios compare rows measured side by side.
+run on one machine; ratios compare rows measured side by side. In the single-writer
+workload steplog, raw LMDB and SQLite take turns in rounds (see ``alternating``).
 """
 
 from __future__ import annotations
@@ -94,31 +95,71 @@ def dir_bytes(path: Path) -> int:
 # ---------------------------------------------------------------- raw engines
 
 
-def raw_lmdb_puts(path: Path, values: list[tuple[bytes, bytes]], per_commit: int) -> float:
-    env = lmdb.open(str(path), map_size=1 << 34, sync=True, metasync=True)
-    start = time.perf_counter()
-    for i in range(0, len(values), per_commit):
-        with env.begin(write=True) as txn:
-            for key, value in values[i : i + per_commit]:
-                txn.put(key, value)
-    elapsed = time.perf_counter() - start
-    env.close()
-    return len(values) / elapsed
+class RawLmdb:
+    """The yardstick engine: zstd records put under 16-byte keys, ``per_commit`` per
+    durable commit (LMDB's default sync and metasync)."""
+
+    def __init__(self, path: Path, per_commit: int) -> None:
+        self.env = lmdb.open(str(path), map_size=1 << 34, sync=True, metasync=True)
+        self.per_commit = per_commit
+
+    def put(self, values: list[tuple[bytes, bytes]]) -> None:
+        for i in range(0, len(values), self.per_commit):
+            with self.env.begin(write=True) as txn:
+                for key, value in values[i : i + self.per_commit]:
+                    txn.put(key, value)
+
+    def close(self) -> None:
+        self.env.close()
 
 
-def sqlite_inserts(path: Path, values: list[tuple[bytes, bytes]], per_commit: int) -> float:
-    db = sqlite3.connect(path / "bench.sqlite", isolation_level=None)
-    db.execute("PRAGMA journal_mode=WAL")
-    db.execute("PRAGMA synchronous=FULL")
-    db.execute("CREATE TABLE log (k BLOB PRIMARY KEY, v BLOB)")
+class RawSqlite:
+    """SQLite in WAL mode with synchronous=FULL, ``per_commit`` inserts per commit."""
+
+    def __init__(self, path: Path, per_commit: int) -> None:
+        path.mkdir(exist_ok=True)
+        self.db = sqlite3.connect(path / "bench.sqlite", isolation_level=None)
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.execute("PRAGMA synchronous=FULL")
+        self.db.execute("CREATE TABLE log (k BLOB PRIMARY KEY, v BLOB)")
+        self.per_commit = per_commit
+
+    def put(self, values: list[tuple[bytes, bytes]]) -> None:
+        for i in range(0, len(values), self.per_commit):
+            self.db.execute("BEGIN")
+            self.db.executemany("INSERT INTO log VALUES (?, ?)", values[i : i + self.per_commit])
+            self.db.execute("COMMIT")
+
+    def close(self) -> None:
+        self.db.close()
+
+
+def timed_rate(count: int, fn: Callable[[], None]) -> float:
     start = time.perf_counter()
-    for i in range(0, len(values), per_commit):
-        db.execute("BEGIN")
-        db.executemany("INSERT INTO log VALUES (?, ?)", values[i : i + per_commit])
-        db.execute("COMMIT")
-    elapsed = time.perf_counter() - start
-    db.close()
-    return len(values) / elapsed
+    fn()
+    return count / (time.perf_counter() - start)
+
+
+def alternating(
+    n: int, rounds: int, engines: dict[str, Callable[[int, int], None]]
+) -> dict[str, float]:
+    """Give each engine its share [lo, hi) of ``n`` writes round by round, the order
+    rotating every round, so that the drift of a shared disk over the seconds a
+    benchmark runs falls on every engine alike; return each engine's rate over all its
+    rounds."""
+    spent = dict.fromkeys(engines, 0.0)
+    names = list(engines)
+    for r in range(rounds):
+        lo, hi = n * r // rounds, n * (r + 1) // rounds
+        for name in names[r % len(names) :] + names[: r % len(names)]:
+            start = time.perf_counter()
+            engines[name](lo, hi)
+            spent[name] += time.perf_counter() - start
+    return {name: n / t for name, t in spent.items()}
+
+
+#: Rounds in which steplog and the raw engines take turns on the single-writer workload.
+ROUNDS = 6
 
 
 def keyed(values: list[bytes], runs: int) -> list[tuple[bytes, bytes]]:
@@ -136,14 +177,29 @@ def w_single(d: Path, args: dict[str, Any]) -> dict[str, Any]:
     n, size, runs = args["n"], args["size"], args["runs"]
     base = [sized_state(size, r) for r in range(runs)]
     states = [next_state(base[i % runs], i // runs) for i in range(n)]
+    encoded = [full_record(s) for s in states]
+    values = keyed(encoded, runs)
     lat: list[float] = []
+    raw, sql = RawLmdb(d / "raw", 1), RawSqlite(d / "sq", 1)
     with steplog.open(d / "steplog") as store:
-        t0 = time.perf_counter()
-        for i, st in enumerate(states):
-            a = time.perf_counter()
-            store.append(f"run-{i % runs}", st, workflow_id="bench", node="step")
-            lat.append(time.perf_counter() - a)
-        rate = n / (time.perf_counter() - t0)
+
+        def appends(lo: int, hi: int) -> None:
+            for i in range(lo, hi):
+                a = time.perf_counter()
+                store.append(f"run-{i % runs}", states[i], workflow_id="bench", node="step")
+                lat.append(time.perf_counter() - a)
+
+        rates = alternating(
+            n,
+            ROUNDS,
+            {
+                "steplog": appends,
+                "raw": lambda lo, hi: raw.put(values[lo:hi]),
+                "sqlite": lambda lo, hi: sql.put(values[lo:hi]),
+            },
+        )
+        raw.close()
+        sql.close()
         # reads on the same store
         latest = []
         for i in range(2000):
@@ -164,15 +220,11 @@ def w_single(d: Path, args: dict[str, Any]) -> dict[str, Any]:
         replayed = sum(1 for r in range(runs) for _ in store.history(f"run-{r}"))
         replay_rate = replayed / (time.perf_counter() - a)
     steplog_bytes = dir_bytes(d / "steplog") / n
-    encoded = [full_record(s) for s in states]
-    raw_rate = raw_lmdb_puts(d / "raw", keyed(encoded, runs), 1)
-    (d / "sq").mkdir()
-    sqlite_rate = sqlite_inserts(d / "sq", keyed(encoded, runs), 1)
     # raw read yardsticks: get + zstd + msgspec decode of the same full state
     env = lmdb.open(str(d / "raw"), readonly=True, lock=False)
     dctx = zstandard.ZstdDecompressor()
     raw_get = []
-    keys = [k for k, _ in keyed(encoded, runs)]
+    keys = [k for k, _ in values]
     with env.begin() as txn:
         for i in range(2000):
             k = keys[-1 - (i % runs)]
@@ -186,9 +238,9 @@ def w_single(d: Path, args: dict[str, Any]) -> dict[str, Any]:
         raw_decode_rate = len(in_run_order) / (time.perf_counter() - a)
     env.close()
     return {
-        "steplog_rate": rate,
-        "raw_lmdb_rate": raw_rate,
-        "sqlite_rate": sqlite_rate,
+        "steplog_rate": rates["steplog"],
+        "raw_lmdb_rate": rates["raw"],
+        "sqlite_rate": rates["sqlite"],
         "append_p50_us": pct(lat, 0.5) * 1e6,
         "append_p99_us": pct(lat, 0.99) * 1e6,
         "load_latest_p50_us": pct(latest, 0.5) * 1e6,
@@ -235,9 +287,11 @@ def w_concurrent(d: Path, args: dict[str, Any]) -> dict[str, Any]:
             for i in range(args["raw_n"] // 100):
                 st = next_state(st, i)
                 states.append(full_record(st))
-        out["raw_lmdb_100_rate"] = raw_lmdb_puts(d / "raw", keyed(states, 100), 100)
-        (d / "sq").mkdir()
-        out["sqlite_100_rate"] = sqlite_inserts(d / "sq", keyed(states, 100), 100)
+        values = keyed(states, 100)
+        for name, engine in (("raw_lmdb_100_rate", RawLmdb), ("sqlite_100_rate", RawSqlite)):
+            yardstick = engine(d / name, 100)
+            out[name] = timed_rate(len(values), lambda: yardstick.put(values))  # noqa: B023
+            yardstick.close()
     return out
 
 
