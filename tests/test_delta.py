@@ -542,3 +542,23 @@ def test_a_mid_size_state_that_repeats_its_predecessor_costs_tens_of_bytes(path:
     assert len(blocks) == n - 1
     # one long match for the unchanged text, a few bytes for the step and status
     assert statistics.mean(blocks) < 40
+
+
+def test_a_batch_whose_base_moved_before_its_commit_keeps_exact_chains(path: Path) -> None:
+    """Two appends of a batch are compressed ahead as a chain; a plain append to the
+    same run commits first, so the commit recompresses both. The second record must
+    be written with the depth of its recompressed base, not of the prepared one."""
+    rng = random.Random(5)
+    big = [{"tag": t, "text": f"chunk-{t} " * 200_000} for t in range(4)]  # dictionary deltas
+    y = {"tag": 9, "text": " ".join(f"w{rng.randrange(3000)}" for _ in range(20_000))}
+    with steplog.open(path) as store:
+        store.append("A", big[0])
+        store.append("A", big[1])
+        with store.batch() as b:
+            b.append("A", big[2])
+            b.append("A", big[3])
+            store.append("A", y)  # commits before the batch
+    expected = [big[0], big[1], y, big[2], big[3]]
+    with steplog.open(path) as store:
+        assert store.verify().ok
+        assert [store.load("A", i).state for i in range(5)] == expected

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import zlib
 from pathlib import Path
 
 import lmdb
@@ -100,3 +101,32 @@ def test_verify_finds_index_disagreements(path: Path) -> None:
     assert ("run0", "index") in found  # stray node entry
     assert ("run1", "missing") in found
     assert len(problems) >= 3
+
+
+def test_a_record_whose_depth_breaks_its_chain_is_found(path: Path) -> None:
+    """A delta record that names a depth its predecessor does not lead to cannot be
+    loaded by index (the walk would start from a non-keyframe): verify says so even
+    though the records decode one after another."""
+    _fill(path, runs=1, n=12)
+    env = _raw(path)
+    with env.begin(write=True) as txn:
+        key = _keys.log_key(1, 6)
+        record = txn.get(key)
+        head = _record.read_header("run0", 6, record)
+        assert head.depth >= 1
+        fields = list(_record.HEADER.unpack_from(record))
+        fields[3] = head.depth + 1 if head.depth < 6 else head.depth - 1
+        fields[4] = 0
+        body = record[_record.HEADER_SIZE :]
+        raw = _record.HEADER.pack(*fields)
+        crc = zlib.crc32(body, zlib.crc32(raw[8:], zlib.crc32(raw[:4])))
+        fields[4] = crc
+        txn.put(key, _record.HEADER.pack(*fields) + body)
+    env.close()
+    with steplog.open(path) as store:
+        report = store.verify()
+        assert (report.problems[0].run_id, report.problems[0].index) == ("run0", 6)
+        assert report.problems[0].kind == "unreadable"
+        with pytest.raises(steplog.CorruptRecord):
+            store.load("run0", 6)
+        assert store.load("run0", 5).state["i"] == 5

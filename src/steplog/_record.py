@@ -490,20 +490,22 @@ class Chain:
     """Decodes a run's records in index order, carrying what the next record of the
     chain needs: the previous payload (for a dictionary delta) and the stream's
     decompressor (for a stream block). Start it at a keyframe, or at a record whose
-    decoded payload you hold (``base``; stream blocks then need a restart)."""
+    decoded payload you hold (``base``, with its delta ``depth``; stream blocks then
+    need a restart). A delta record must be one deeper than the record before it."""
 
-    __slots__ = ("_dobj", "index", "payload")
+    __slots__ = ("_dobj", "depth", "index", "payload")
 
-    def __init__(self, index: int = -1, base: bytes | None = None) -> None:
+    def __init__(self, index: int = -1, base: bytes | None = None, depth: int = -1) -> None:
         self.index = index
         self.payload = base
+        self.depth = depth
         self._dobj: Any = None
 
     def can_take(self, index: int, header: Header) -> bool:
         """Whether the record at ``index`` decodes from this chain's state."""
         if header.codec in _KEYFRAME_CODECS:
             return True
-        if index != self.index + 1:
+        if index != self.index + 1 or header.depth != self.depth + 1:
             return False
         return (
             self._dobj is not None
@@ -550,7 +552,7 @@ class Chain:
         if len(payload) != header.raw_len:
             self._dobj = None
             raise CorruptRecord(run_id, index, "decoded length does not match header")
-        self.index, self.payload, self._dobj = index, payload, dobj
+        self.index, self.payload, self.depth, self._dobj = index, payload, header.depth, dobj
         return payload
 
 

@@ -289,7 +289,7 @@ class Store:
             # a dictionary-delta tail can start from the cached payload
             hit_raw = self._raw_record(txn, hdr, run_id, hit.index)
             if _record.read_header(run_id, hit.index, hit_raw).seq == hit.seq:
-                chain = _record.Chain(hit.index, hit.payload)
+                chain = _record.Chain(hit.index, hit.payload, hit.depth)
                 payload = self._walk(txn, hdr, run_id, chain, index, raw, head)
                 if payload is not None:
                     return head, payload
@@ -514,10 +514,14 @@ class Store:
             return False
         mine: Latest | None = batch.scratch.get(hdr.run_no)
         if mine is not None and mine.seq == hdr.seq:  # written earlier in this commit
+            # the record written may differ from the one prepared (recompressed because
+            # its own base had moved): same payload, but maybe another depth or codec
             return (
                 mine.payload is after.payload
                 and mine.stream is after.stream
                 and mine.pos == after.pos
+                and mine.depth == after.depth
+                and mine.big == after.big
             )
         return after.seq == hdr.seq
 
