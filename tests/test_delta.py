@@ -562,3 +562,12 @@ def test_a_batch_whose_base_moved_before_its_commit_keeps_exact_chains(path: Pat
     with steplog.open(path) as store:
         assert store.verify().ok
         assert [store.load("A", i).state for i in range(5)] == expected
+
+
+def test_an_entry_too_large_to_cache_still_evicts_the_runs_old_entry() -> None:
+    from steplog._cache import Latest, LatestCache
+
+    cache = LatestCache(8000)
+    cache.put("r", Latest(0, 1, 0, b"x" * 100))
+    cache.put("r", Latest(1, 2, 1, b"y" * 5000))  # over the per-entry budget: not kept
+    assert cache.get("r") is None

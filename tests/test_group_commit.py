@@ -301,3 +301,53 @@ def test_a_long_batch_wakes_the_previous_batchs_callers_once_over_budget(path: P
         _join(threads)
         assert seen == [True]
         assert results == {"b": "ok", "c": "ok", "d": "ok", "s0": "slow", "s1": "after"}
+
+
+def test_a_failed_group_commit_leaves_nothing_in_the_payload_cache(path: Path) -> None:
+    """A fork reads the record an earlier append of its batch wrote, and writes a new
+    run; the whole commit then fails. Nothing of it may stay cached: LMDB gives the
+    next transaction the failed one's id, so a later append gets the same index and
+    seq as the failed record, and a stale entry would pass for it."""
+    with steplog.open(path, cache_size=1 << 20) as store:
+        store.append("A", {"v": "base " * 100})
+        store.append("A", {"v": "base " * 100 + "one"})
+        writer, queued = store._writer, store._writer._queue
+
+        def hold(txn, batch):  # type: ignore[no-untyped-def]
+            _wait_until(lambda: len(queued) >= 3)
+
+        def fail(txn, batch):  # type: ignore[no-untyped-def]
+            raise lmdb.Error("the disk went away")
+
+        results: dict[str, object] = {}
+
+        def call(name: str, fn) -> None:  # type: ignore[no-untyped-def]
+            try:
+                results[name] = fn()
+            except steplog.StepLogError as exc:
+                results[name] = exc
+
+        threads = [
+            threading.Thread(target=call, args=("hold", lambda: writer.submit(hold))),
+            threading.Thread(
+                target=call, args=("x", lambda: store.append("A", {"v": "base " * 100 + "X"}))
+            ),
+            threading.Thread(target=call, args=("fork", lambda: store.fork("A", -1, "F"))),
+            threading.Thread(target=call, args=("fail", lambda: writer.submit(fail))),
+        ]
+        threads[0].start()
+        _wait_until(lambda: writer._leading and not queued)
+        for i, t in enumerate(threads[1:], 1):
+            t.start()
+            _wait_until(lambda i=i: len(queued) >= i)  # type: ignore[misc]
+        for t in threads:
+            t.join(timeout=30)
+            assert not t.is_alive()
+        assert all(isinstance(results[k], steplog.StorageError) for k in ("x", "fork", "fail"))
+        assert store._cache.get("F") is None
+        y = {"v": "Y " * 100_000}  # its own cache entry is too large to keep
+        assert store.append("A", y).index == 2
+        assert store.load("A").state == y
+        assert store.load("A", 2).state == y
+        assert store.run("F") is None
+        assert store.fork("A", 1, "F").state == {"v": "base " * 100 + "one"}

@@ -102,16 +102,16 @@ class LatestCache:
             return entry
 
     def put(self, run_id: str, entry: Latest) -> None:
+        """Make ``entry`` the run's entry; one too large to keep still evicts the old
+        one (which no longer describes the run's latest)."""
         size = entry.size
-        if size > self._max // 8:
-            if entry.stream is None:
-                return
+        if size > self._max // 8 and entry.stream is not None:
             entry = _without_stream(entry)
             size = entry.size
-            if size > self._max // 8:
-                return
         with self._lock:
             self._remove(run_id)
+            if size > self._max // 8:
+                return
             self._entries[run_id] = entry
             self._bytes += size
             if entry.stream is not None:

@@ -375,9 +375,15 @@ class Store:
         index: int,
         type_: Any = None,
         raw: bytes | None = None,
+        *,
+        cache: bool = True,
     ) -> Checkpoint:
+        """The checkpoint at ``index``. Inside a write transaction pass ``cache=False``:
+        what it reads may not be committed, and only committed payloads are cached
+        (the write's own after-commit hook caches what it wrote)."""
         head, payload = self._payload(txn, hdr, run_id, index, raw)
-        self._cache_if_latest(run_id, hdr, index, head, payload)
+        if cache:
+            self._cache_if_latest(run_id, hdr, index, head, payload)
         return self._assemble(run_id, index, hdr, head, payload, type_)
 
     def _cache_if_latest(
@@ -739,7 +745,7 @@ class Store:
                 raise CheckpointNotFound(source_run_id, idx, parent.length)
             if self._header(txn, dst) is not None:
                 raise RunExists(new_run_id)
-            origin = self._checkpoint(txn, source_run_id, parent, at)
+            origin = self._checkpoint(txn, source_run_id, parent, at, cache=False)
             state = origin.state
             if patch:
                 if not isinstance(state, dict):
@@ -768,7 +774,7 @@ class Store:
             new = self._put_checkpoint(
                 txn, dst, None, hdr, node, payload, origin.status, batch, new_run_id
             )
-            return self._checkpoint(txn, new_run_id, new, 0)
+            return self._checkpoint(txn, new_run_id, new, 0, cache=False)
 
         return self._write(op)
 
@@ -814,7 +820,7 @@ class Store:
             children = self._children_at(txn, hdr.run_no, index)
             if children:
                 raise ForkPointInUse(run_id, index, children)
-            gone = self._checkpoint(txn, run_id, hdr, index)
+            gone = self._checkpoint(txn, run_id, hdr, index, cache=False)
             if index > 0:
                 prev = _record.read_header(
                     run_id, index - 1, self._raw_record(txn, hdr, run_id, index - 1)
