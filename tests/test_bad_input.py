@@ -36,6 +36,19 @@ def _dump(store: steplog.Store) -> list[tuple[bytes, bytes]]:
     return store._read(all_items)
 
 
+def _nested(depth: int) -> Any:
+    value: Any = 0
+    for _ in range(depth):
+        value = [value]
+    return value
+
+
+def _looped() -> list[Any]:
+    loop: list[Any] = []
+    loop.append(loop)
+    return loop
+
+
 CASES: list[tuple[str, Callable[[steplog.Store], Any], type[StepLogError]]] = [
     ("append int run id", lambda s: s.append(7, {}), InvalidArgument),
     ("append empty run id", lambda s: s.append("", {}), InvalidArgument),
@@ -46,6 +59,13 @@ CASES: list[tuple[str, Callable[[steplog.Store], Any], type[StepLogError]]] = [
     ("append set with unhashable", lambda s: s.append("r", object()), InvalidArgument),
     ("append huge int", lambda s: s.append("r", 1 << 70), InvalidArgument),
     ("append oversize state", lambda s: s.append("r", "y" * (2 << 20)), RecordTooLarge),
+    ("append self-referencing state", lambda s: s.append("r", _looped()), InvalidArgument),
+    ("append state nested too deep", lambda s: s.append("r", _nested(5000)), InvalidArgument),
+    (
+        "fork overrides nested too deep",
+        lambda s: s.fork("r", 0, "new", overrides={"a": _nested(5000)}),
+        InvalidArgument,
+    ),
     ("append nested metadata", lambda s: s.append("r", 1, metadata={"a": [1]}), InvalidArgument),
     (
         "append huge metadata",
@@ -164,3 +184,28 @@ def test_log_keys_are_injective_and_order_preserving(ra: int, rb: int, ia: int, 
     assert ka.startswith(_keys.log_prefix(ra)) and ka.startswith(_keys.segment_prefix(ra))
     assert kb.startswith(_keys.segment_prefix(ra)) == (ra == rb)
     assert _keys.log_index(ka) == ia
+
+
+def test_a_state_nested_as_deep_as_append_allows_loads_from_any_depth(tmp_path: Path) -> None:
+    """Nesting counts against Python's recursion limit together with the caller's
+    frames: the deepest state append accepts must still load, list and verify when
+    the caller sits deeper in its stack than the appender did."""
+    depth = 2000
+    with steplog.open(tmp_path / "probe") as probe:
+        while True:  # the deepest state an append accepts from here
+            try:
+                probe.append("r", _nested(depth))
+                break
+            except InvalidArgument:
+                depth -= 25
+
+    def deep(frames: int, fn: Callable[[], Any]) -> Any:
+        return fn() if frames == 0 else deep(frames - 1, fn)
+
+    with steplog.open(tmp_path / "s") as store:
+        store.append("r", _nested(depth))
+        store.append("r", {"after": 1})
+    with steplog.open(tmp_path / "s") as store:
+        assert deep(200, lambda: store.load("r", 0)).state == _nested(depth)
+        assert [c.index for c in deep(200, lambda: list(store.history("r")))] == [0, 1]
+        assert deep(200, store.verify).ok

@@ -42,14 +42,16 @@ def _rewrite_record(path: Path, run_no: int, index: int, mutate) -> None:  # typ
         env.close()
 
 
-def test_files_are_private_whatever_the_umask(path: Path) -> None:
+def test_files_are_private_whatever_the_umask(tmp_path: Path) -> None:
+    path = tmp_path / "new" / "parents" / "s"  # missing parents are created private too
     old = os.umask(0)
     try:
         with steplog.open(path) as store:
             store.append("r", 1)
     finally:
         os.umask(old)
-    assert stat.S_IMODE(path.stat().st_mode) == 0o700
+    for directory in (path, path.parent, path.parent.parent):
+        assert stat.S_IMODE(directory.stat().st_mode) == 0o700
     for name in ("data.mdb", "lock.mdb"):
         assert stat.S_IMODE((path / name).stat().st_mode) == 0o600
 
@@ -194,6 +196,19 @@ def test_open_validates_options(path: Path) -> None:
         steplog.open(path, max_record_size=-1)
     with pytest.raises(steplog.InvalidArgument):
         steplog.open(path, max_map_size=0)
+    for name in ("map_size", "max_map_size", "max_record_size"):
+        with pytest.raises(steplog.InvalidArgument, match=name):
+            steplog.open(path, **{name: 2**64})
+    assert not path.exists()
+
+
+def test_a_store_that_cannot_be_mapped_leaves_no_files(path: Path) -> None:
+    path.mkdir()
+    with pytest.raises(steplog.StorageError):
+        steplog.open(path, map_size=2**62)  # more than the address space
+    assert list(path.iterdir()) == []
+    with steplog.open(path) as store:  # and the directory still makes a store
+        store.append("r", 1)
 
 
 def test_threads_append_concurrently(path: Path) -> None:

@@ -91,23 +91,31 @@ class Gate:
 
 
 def private_dir(path: Path) -> None:
+    """Make sure ``path`` is a directory; the ones created here (the store's and any
+    missing parents) are 0700 whatever the umask."""
     if path.exists():
         if not path.is_dir():
             raise NotAStore(f"{str(path)!r} is not a directory, so not a steplog store")
         return
-    try:
-        path.mkdir(parents=True, mode=0o700)
-    except FileExistsError:
-        # Another process created it between our check and mkdir: it is theirs to chmod.
-        if not path.is_dir():
-            raise NotAStore(f"{str(path)!r} is not a directory, so not a steplog store") from None
-        return
-    except OSError as exc:
-        raise StorageError(f"cannot create store directory {str(path)!r}: {exc}") from exc
-    try:
-        os.chmod(path, 0o700)
-    except OSError as exc:
-        raise StorageError(f"cannot create store directory {str(path)!r}: {exc}") from exc
+    missing = [path]
+    while not missing[-1].parent.exists() and missing[-1].parent != missing[-1]:
+        missing.append(missing[-1].parent)
+    for directory in reversed(missing):
+        try:
+            directory.mkdir(mode=0o700)
+        except FileExistsError:
+            # Another process created it between our check and mkdir: it is theirs to chmod.
+            if not directory.is_dir():
+                raise NotAStore(
+                    f"{str(directory)!r} is not a directory, so not a steplog store"
+                ) from None
+            continue
+        except OSError as exc:
+            raise StorageError(f"cannot create store directory {str(path)!r}: {exc}") from exc
+        try:
+            os.chmod(directory, 0o700)
+        except OSError as exc:
+            raise StorageError(f"cannot create store directory {str(path)!r}: {exc}") from exc
 
 
 @contextmanager
@@ -174,6 +182,9 @@ def _open_locked(path: Path, map_size: int, metasync: bool) -> lmdb.Environment:
             max_spare_txns=0,
         )
     except lmdb.Error as exc:
+        if not existing:  # leave the directory as it was found: empty
+            for name in _LMDB_FILES:
+                (path / name).unlink(missing_ok=True)
         raise StorageError(f"cannot open store at {str(path)!r}: {exc}") from exc
     try:
         env.reader_check()

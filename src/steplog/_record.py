@@ -32,6 +32,7 @@ from __future__ import annotations
 import struct
 import threading
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
@@ -155,11 +156,34 @@ def encode_payload(run_id: str, node: str | None, metadata: dict[str, Any], stat
         return _ENCODER.encode((node, metadata, state))
     except (TypeError, ValueError, OverflowError, msgspec.EncodeError) as exc:
         raise InvalidArgument(f"run {run_id!r}: state cannot be encoded: {exc}") from None
+    except RecursionError:
+        raise InvalidArgument(f"run {run_id!r}: {_TOO_DEEP}") from None
 
 
-def decode_state_untyped(payload: bytes) -> Any:
-    """Decode just the state of a payload, as builtins."""
-    return _UNTYPED.decode(payload).state
+_TOO_DEEP = "state refers to itself or nests deeper than Python's recursion limit"
+
+
+def _on_fresh_stack(fn: Callable[[bytes], T], arg: bytes) -> T:
+    """``fn(arg)`` on a new thread, whose stack is empty. msgspec counts nesting against
+    the recursion limit together with the caller's frames, so a state encoded from a
+    shallow stack may not decode from a deep one (a load deep in a framework); every
+    encode runs at least as deep as this thread's start, so a state that encoded
+    decodes here."""
+    box: list[tuple[bool, Any]] = []
+
+    def run() -> None:
+        try:
+            box.append((True, fn(arg)))
+        except BaseException as exc:  # re-raised in the caller
+            box.append((False, exc))
+
+    thread = threading.Thread(target=run, name="steplog-deep-decode", daemon=True)
+    thread.start()
+    thread.join()
+    ok, value = box[0]
+    if not ok:
+        raise value
+    return value  # type: ignore[no-any-return]
 
 
 def to_builtins(run_id: str, value: Any) -> Any:
@@ -167,6 +191,8 @@ def to_builtins(run_id: str, value: Any) -> Any:
         return msgspec.to_builtins(value)
     except (TypeError, ValueError, OverflowError, msgspec.EncodeError) as exc:
         raise InvalidArgument(f"run {run_id!r}: value cannot be encoded: {exc}") from None
+    except RecursionError:
+        raise InvalidArgument(f"run {run_id!r}: {_TOO_DEEP}") from None
 
 
 def _full(payload: bytes) -> tuple[int, bytes]:
@@ -577,15 +603,16 @@ def decode_payload(
     run_id: str, index: int, payload: bytes, type_: Any = None
 ) -> tuple[str | None, dict[str, Any], Any]:
     """Decode ``[node, metadata, state]``; ``type_`` shapes the state."""
-    if type_ is None:
-        try:
-            out = _UNTYPED.decode(payload)
-        except msgspec.DecodeError as exc:
-            raise CorruptRecord(run_id, index, f"payload does not decode: {exc}") from None
-        return out.node, out.metadata, out.state
-    dec = decoder_for(type_)
+    dec = _UNTYPED if type_ is None else decoder_for(type_)
     try:
-        out = dec.decode(payload)
+        try:
+            out = dec.decode(payload)
+        except RecursionError:
+            out = _on_fresh_stack(dec.decode, payload)
+    except RecursionError:
+        raise CorruptRecord(
+            run_id, index, "payload nests deeper than Python's recursion limit lets it decode"
+        ) from None
     except msgspec.ValidationError as exc:
         raise SchemaMismatch(run_id, index, type_, str(exc)) from None
     except msgspec.DecodeError as exc:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import enum
 import itertools
 import os
+import sys
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
@@ -160,12 +161,13 @@ class Store:
             ) from None
         if _validate.index(cache_size, "cache_size") < 0:
             raise InvalidArgument(f"cache_size must be >= 0, got {cache_size}")
-        for name, value in (("map_size", map_size), ("max_record_size", max_record_size)):
-            if _validate.index(value, name) <= 0:
-                raise InvalidArgument(f"{name} must be > 0, got {value}")
+        sizes = [("map_size", map_size), ("max_record_size", max_record_size)]
         if max_map_size is not None:
-            if _validate.index(max_map_size, "max_map_size") <= 0:
-                raise InvalidArgument(f"max_map_size must be > 0, got {max_map_size}")
+            sizes.append(("max_map_size", max_map_size))
+        for name, value in sizes:
+            if not 0 < _validate.index(value, name) <= sys.maxsize:
+                raise InvalidArgument(f"{name} must be > 0 and <= {sys.maxsize}, got {value}")
+        if max_map_size is not None:
             map_size = min(map_size, max_map_size)
         if not isinstance(path, (str, os.PathLike)):
             raise InvalidArgument(f"path must be a str or path, not {type(path).__name__}")
