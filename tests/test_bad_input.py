@@ -26,7 +26,7 @@ from steplog.errors import (
     WorkflowMismatch,
 )
 
-BIG = "x" * 300
+BIG = "x" * 500
 
 
 def _dump(store: steplog.Store) -> list[tuple[bytes, bytes]]:

@@ -17,8 +17,8 @@ _U64X2 = struct.Struct(">QQ")
 _U64X3 = struct.Struct(">QQQ")
 
 #: Longest id (run, workflow or node) in UTF-8 bytes. The longest key is
-#: 1 + 8 + 1 + 256 + 1 + 8 = 275 bytes, under LMDB's 511-byte key limit.
-MAX_ID_BYTES = 256
+#: 1 + 8 + 1 + 480 + 1 + 8 = 499 bytes (a node entry), under LMDB's 511-byte key limit.
+MAX_ID_BYTES = 480
 
 SEP = b"\x00"
 

@@ -28,7 +28,7 @@ atomic steplog batch.
 from __future__ import annotations
 
 import os
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
 from contextlib import AbstractAsyncContextManager, AbstractContextManager
 from functools import partial
 from typing import Any
@@ -51,7 +51,7 @@ from langgraph.checkpoint.serde.base import SerializerProtocol
 
 import steplog
 from steplog.async_store import AsyncStore
-from steplog.errors import InvalidArgument
+from steplog.errors import InvalidArgument, RunNotFound
 from steplog.store import Store, _View
 
 __all__ = ["StepLogSaver"]
@@ -77,6 +77,19 @@ def _parse(run_id: str) -> tuple[str, str, str] | None:
     return parts[1], parts[2], parts[3]
 
 
+def _split(states: list[Any]) -> tuple[Any, list[Any]] | None:
+    """(checkpoint, pending writes) from the states of one id's records in call order:
+    its newest put, and its writes records; None if the id was never put."""
+    checkpoint = None
+    writes = []
+    for state in states:
+        if "c" in state:
+            checkpoint = state
+        else:
+            writes.append(state)
+    return None if checkpoint is None else (checkpoint, writes)
+
+
 def _checkpoint_of(
     view: _View, run: str, cid: str, legacy: bool = True, states: list[Any] | None = None
 ) -> tuple[Any, list[Any]] | None:
@@ -84,19 +97,11 @@ def _checkpoint_of(
     and the states of its pending writes in call order (those in the second run of
     the older layout first, if ``legacy``: the store may have such runs); None if it
     was never put. ``states``: the run's records of node ``cid``, if already read."""
-    checkpoint = None
-    writes = []
-    for state in view.with_node(run, cid) if states is None else states:
-        if "c" in state:
-            checkpoint = state
-        else:
-            writes.append(state)
-    if checkpoint is None:
-        return None
-    if not legacy:
-        return checkpoint, writes
+    got = _split(view.with_node(run, cid) if states is None else states)
+    if got is None or not legacy:
+        return got
     _prefix, _kind, thread_id, ns = run.split(SEP)
-    return checkpoint, view.with_node(_run("w", thread_id, ns), cid) + writes
+    return got[0], view.with_node(_run("w", thread_id, ns), cid) + got[1]
 
 
 def _latest_of(view: _View, run: str, legacy: bool = True) -> tuple[str, Any, list[Any]] | None:
@@ -112,12 +117,47 @@ def _latest_of(view: _View, run: str, legacy: bool = True) -> tuple[str, Any, li
     return None
 
 
+def _thread(thread_id: Any) -> str:
+    """A thread id as every LangGraph saver takes it: its str()."""
+    return _check(str(thread_id), "thread_id")
+
+
 def _check(value: str, what: str) -> str:
     if not isinstance(value, str):
         raise InvalidArgument(f"{what} must be a str, not {type(value).__name__}")
     if SEP in value or "\x00" in value:
         raise InvalidArgument(f"{what} {value!r} contains a reserved control character")
     return value
+
+
+class _Records:
+    """States of one run's records by index, decoded ``LIST_CHUNK`` at a time in index
+    order (a chunk ends at the highest index asked for)."""
+
+    def __init__(self, store: Store, run: str) -> None:
+        self._store = store
+        self._run = run
+        self._lo = 0
+        self._states: list[Any] = []
+
+    def states(self, indices: list[int]) -> list[Any] | None:
+        """The states at ``indices`` (ascending); None if they span more than a chunk
+        or the run no longer holds them."""
+        lo, hi = indices[0], indices[-1] + 1
+        if hi - lo > LIST_CHUNK:
+            return None
+        if not (self._lo <= lo and hi <= self._lo + len(self._states)):
+            start = max(0, hi - LIST_CHUNK)
+            try:
+                self._states = [
+                    cp.state for cp in self._store.history(self._run, start=start, stop=hi)
+                ]
+            except RunNotFound:
+                self._states = []
+            self._lo = start
+            if len(self._states) != hi - start:
+                return None
+        return [self._states[i - self._lo] for i in indices]
 
 
 class StepLogSaver(
@@ -174,7 +214,7 @@ class StepLogSaver(
     @staticmethod
     def _ids(config: RunnableConfig) -> tuple[str, str, str | None]:
         conf = config["configurable"]
-        thread_id = _check(str(conf["thread_id"]), "thread_id")
+        thread_id = _thread(conf["thread_id"])
         ns = _check(conf.get("checkpoint_ns", "") or "", "checkpoint_ns")
         return thread_id, ns, get_checkpoint_id(config)
 
@@ -185,7 +225,8 @@ class StepLogSaver(
         values = {k: v for k, v in checkpoint.get("channel_values", {}).items() if k in versions}
         missing = [k for k in versions if k not in values]
         if missing:
-            values.update(self._carried_values(thread_id, ns, state["p"], versions, missing))
+            lookup = self._stored(thread_id, ns)
+            values.update(self._carried_values(lookup, state["p"], versions, missing))
         checkpoint = {**checkpoint, "channel_values": values}
         cid = checkpoint["id"]
         parent = state["p"]
@@ -209,31 +250,37 @@ class StepLogSaver(
             pending_writes=self._pending(writes),
         )
 
+    def _stored(self, thread_id: str, ns: str) -> Callable[[str], Any]:
+        """Looks up the newest put of a checkpoint id of the (thread, ns) in the store."""
+        run = _run("c", thread_id, ns)
+
+        def lookup(cid: str) -> Any:
+            found = self.store._view(partial(_checkpoint_of, run=run, cid=cid, legacy=False))
+            return None if found is None else found[0]
+
+        return lookup
+
+    def _values(self, state: Any) -> tuple[ChannelVersions, dict[str, Any]]:
+        """A checkpoint record's channel versions and the channel values stored in it."""
+        checkpoint = self.serde.loads_typed((state["c"][0], state["c"][1]))
+        return checkpoint.get("channel_versions", {}), checkpoint.get("channel_values", {})
+
     def _carried_values(
         self,
-        thread_id: str,
-        ns: str,
+        lookup: Callable[[str], Any],
         parent: str | None,
         versions: ChannelVersions,
-        missing: list[str],
+        missing: Iterable[str],
     ) -> dict[str, Any]:
-        """Values of channels a checkpoint omitted because their version did not move:
-        the value stored with that version in the nearest ancestor that has it."""
+        """Values of the ``missing`` channels of a checkpoint (with ``versions``, after
+        ``parent``): the value stored with that version in the nearest ancestor that has
+        it, as LangGraph's savers keep one value per channel version. ``lookup`` finds
+        an ancestor's record state by id."""
         found: dict[str, Any] = {}
         wanted = set(missing)
-        run = _run("c", thread_id, ns)
-        while parent and wanted:
-            found_state = self.store._view(
-                partial(_checkpoint_of, run=run, cid=parent, legacy=False)
-            )
-            if found_state is None:
-                break
-            state = found_state[0]
-            ancestor = self.serde.loads_typed((state["c"][0], state["c"][1]))
-            a_versions, a_values = (
-                ancestor.get("channel_versions", {}),
-                ancestor.get("channel_values", {}),
-            )
+        state = lookup(parent) if parent and wanted else None
+        while state is not None and wanted:
+            a_versions, a_values = self._values(state)
             for k in list(wanted):
                 if a_versions.get(k) != versions[k]:
                     wanted.discard(k)  # the version was set later: nothing stored for it
@@ -241,6 +288,7 @@ class StepLogSaver(
                     found[k] = a_values[k]
                     wanted.discard(k)
             parent = state["p"]
+            state = lookup(parent) if parent else None
         return found
 
     def _pending(self, writes: list[Any]) -> list[PendingWrite]:
@@ -256,15 +304,6 @@ class StepLogSaver(
                 kept[key] = (task_path, task_id, channel, (type_, data))
         ordered = sorted(kept.items(), key=lambda kv: writes_sort_key(kv[1][0], kv[0][0], kv[0][1]))
         return [(tid, ch, self.serde.loads_typed(v)) for (_tid, _i), (_p, tid, ch, v) in ordered]
-
-    def _newest_first(self, run_id: str) -> Iterator[steplog.Checkpoint]:
-        info = self.store.run(run_id)
-        stop = info.length if info else 0
-        while stop > 0:
-            start = max(0, stop - LIST_CHUNK)
-            chunk = list(self.store.history(run_id, start=start, stop=stop))
-            yield from reversed(chunk)
-            stop = start
 
     def _namespaces(self, thread_id: str) -> list[str]:
         out = []
@@ -283,45 +322,43 @@ class StepLogSaver(
         return list(seen)
 
     def _checkpoints(
-        self, thread_id: str, ns: str, cid: str | None
+        self, thread_id: str, ns: str, cid: str | None, below: str | None = None
     ) -> Iterator[tuple[str | None, Any, list[Any]]]:
-        """(id, state, pending writes) of the (thread, ns)'s checkpoints, newest first,
-        or of checkpoint ``cid`` only."""
+        """(id, state, pending writes) of the (thread, ns)'s checkpoints, greatest id
+        first (only ids below ``below`` if given), or of checkpoint ``cid`` only.
+
+        The node index gives the ids in order with their records' indices; the records
+        are decoded in chunks, in index order. When ids grow with every put (as
+        LangGraph's do) both orders agree and each chunk is read once; an id put again
+        much later is read on its own."""
         run, w_run = _run("c", thread_id, ns), _run("w", thread_id, ns)
         if cid:
             found = self.store._view(partial(_checkpoint_of, run=run, cid=cid, legacy=self._legacy))
             if found is not None:
                 yield cid, *found
             return
-        seen: dict[str | None, list[Any]] = {}  # writes met so far, newest first
-        listed: set[str | None] = set()
         legacy = self._legacy and self.store.run(w_run) is not None
-        for cp in self._newest_first(run):
-            node = cp.node
-            if "c" not in cp.state:
-                seen.setdefault(node, []).append(cp.state)
-                continue
-            if node in listed:
-                continue  # an id put again: its newest put is the checkpoint
-            listed.add(node)
-            writes = seen.pop(node, [])[::-1]
-            if (
-                node is not None
-                and self.store._view(partial(_View.first_index, run_id=run, node=node)) != cp.index
-            ):
-                # records of this id before its newest put (an id put twice): read them
-                # all, as get_tuple does
-                found = self.store._view(
-                    partial(_checkpoint_of, run=run, cid=node, legacy=self._legacy)
-                )
-                if found is not None:
-                    yield node, *found
-                continue
-            if legacy and node is not None:
-                writes = (
-                    self.store._view(partial(_View.with_node, run_id=w_run, node=node)) + writes
-                )
-            yield node, cp.state, writes
+        records = _Records(self.store, run)
+        while True:
+            nodes = self.store._view(
+                partial(_View.nodes_below, run_id=run, below=below, limit=LIST_CHUNK)
+            )
+            for node, indices in nodes:
+                states = records.states(indices)
+                if states is None:  # far apart, or the run changed: one snapshot
+                    got = self.store._view(
+                        partial(_checkpoint_of, run=run, cid=node, legacy=self._legacy)
+                    )
+                else:
+                    got = _split(states)
+                    if got is not None and legacy:
+                        older = self.store._view(partial(_View.with_node, run_id=w_run, node=node))
+                        got = got[0], older + got[1]
+                if got is not None:
+                    yield node, *got
+            if len(nodes) < LIST_CHUNK:
+                return
+            below = nodes[-1][0]
 
     # ------------------------------------------------------------------ sync API
 
@@ -361,7 +398,7 @@ class StepLogSaver(
             pairs = [(t, n) for t in self._threads() for n in self._namespaces(t)]
         before_id = get_checkpoint_id(before) if before else None
         for thread_id, ns in pairs:
-            for node, state, writes in self._checkpoints(thread_id, ns, cid):
+            for node, state, writes in self._checkpoints(thread_id, ns, cid, before_id):
                 if before_id is not None and node is not None and node >= before_id:
                     continue
                 if filter:
@@ -416,11 +453,11 @@ class StepLogSaver(
 
     def delete_thread(self, thread_id: str) -> None:
         with self.store.batch() as b:
-            for info in self.store.runs(_workflow(_check(thread_id, "thread_id"))):
+            for info in self.store.runs(_workflow(_thread(thread_id))):
                 b.purge(info.run_id, missing_ok=True)
 
     def copy_thread(self, source_thread_id: str, target_thread_id: str) -> None:
-        src, dst = _check(source_thread_id, "thread_id"), _check(target_thread_id, "thread_id")
+        src, dst = _thread(source_thread_id), _thread(target_thread_id)
         with self.store.batch() as b:
             for info in self.store.runs(_workflow(dst)):
                 b.purge(info.run_id, missing_ok=True)
@@ -428,7 +465,7 @@ class StepLogSaver(
                 parsed = _parse(info.run_id)
                 if parsed is None:
                     continue
-                kind, _thread, ns = parsed
+                kind, _source, ns = parsed
                 for cp in self.store.history(info.run_id):
                     b.append(
                         _run(kind, dst, ns), cp.state, workflow_id=_workflow(dst), node=cp.node
@@ -438,9 +475,18 @@ class StepLogSaver(
         doomed = {str(r) for r in run_ids}
         if not doomed:
             return
+
+        def survivors(newest: dict[str, Any]) -> set[str]:
+            return {
+                cid
+                for cid, state in newest.items()
+                if self.serde.loads_typed((state["m"][0], state["m"][1])).get("run_id")
+                not in doomed
+            }
+
         for thread_id in self._threads():
             for ns in self._namespaces(thread_id):
-                self._rewrite(thread_id, ns, lambda md: md.get("run_id") not in doomed)
+                self._rewrite(thread_id, ns, survivors)
 
     def prune(self, thread_ids: Sequence[str], *, strategy: str = "keep_latest") -> None:
         if strategy not in ("keep_latest", "delete"):
@@ -449,40 +495,74 @@ class StepLogSaver(
             if strategy == "delete":
                 self.delete_thread(thread_id)
                 continue
-            for ns in self._namespaces(_check(thread_id, "thread_id")):
-                run = _run("c", thread_id, ns)
-                latest = self.store._view(partial(_latest_of, run=run, legacy=self._legacy))
-                if latest is not None:
-                    self._rewrite(thread_id, ns, None, keep_only=latest[0])
+            thread = _thread(thread_id)
+            for ns in self._namespaces(thread):
+                self._rewrite(thread, ns, self._latest_and_its_seeds)
 
-    def _rewrite(self, thread_id: str, ns: str, keep: Any, *, keep_only: str | None = None) -> None:
-        """Atomically replace a (thread, ns)'s runs with the checkpoints that ``keep``
-        accepts (by metadata) or just ``keep_only``, each with its writes."""
+    def _latest_and_its_seeds(self, newest: dict[str, Any]) -> set[str]:
+        """The latest checkpoint, and the ancestors its channels are rebuilt from: a
+        channel with a version but no value (a DeltaChannel between its snapshots keeps
+        none) is rebuilt from the writes since the nearest ancestor that stores one,
+        so those ancestors and their writes stay."""
+        if not newest:
+            return set()
+        latest = max(newest)
+        state = newest[latest]
+        versions, values = self._values(state)
+        missing = [k for k in versions if k not in values]
+        carried = self._carried_values(newest.get, state["p"], versions, missing)
+        wanted = {k for k in missing if k not in carried}
+        keep = {latest}
+        parent = state["p"]
+        while wanted and parent in newest:
+            keep.add(parent)
+            wanted -= set(self._values(newest[parent])[1])
+            parent = newest[parent]["p"]
+        return keep
+
+    def _rewrite(
+        self, thread_id: str, ns: str, choose: Callable[[dict[str, Any]], set[str]]
+    ) -> None:
+        """Atomically replace a (thread, ns)'s runs with the checkpoints ``choose`` keeps
+        (given each id's newest put), each with its pending writes; writes of ids never
+        put stay. A kept checkpoint that carries channel values from an ancestor being
+        dropped gets them stored in its own record."""
         cp_run, w_run = _run("c", thread_id, ns), _run("w", thread_id, ns)
         records = list(self.store.history(cp_run))
-        checkpoints = [cp for cp in records if "c" in cp.state]
-        ids: set[str | None]
-        if keep_only is not None:
-            ids = {cp.node for cp in checkpoints if cp.node == keep_only}
-        else:
-            ids = {
-                cp.node
-                for cp in checkpoints
-                if keep(self.serde.loads_typed((cp.state["m"][0], cp.state["m"][1])))
-            }
-        if ids == {cp.node for cp in checkpoints}:
+        newest = {cp.node: cp.state for cp in records if "c" in cp.state and cp.node}
+        kept = choose(newest)
+        dropped = set(newest) - kept
+        if not dropped:
             return
+        remaining = {cid: newest[cid] for cid in kept}
+        rewritten = {}
+        for cid in kept:
+            state = newest[cid]
+            versions, values = self._values(state)
+            missing = [k for k in versions if k not in values]
+            if not missing:
+                continue
+            now = self._carried_values(newest.get, state["p"], versions, missing)
+            if now != self._carried_values(remaining.get, state["p"], versions, missing):
+                checkpoint = self.serde.loads_typed((state["c"][0], state["c"][1]))
+                full = {**checkpoint, "channel_values": {**values, **now}}
+                rewritten[cid] = {**state, "c": list(self.serde.dumps_typed(full))}
         legacy = []
         if self.store.run(w_run) is not None:
-            legacy = [w for w in self.store.history(w_run) if w.node in ids]
+            legacy = [w for w in self.store.history(w_run) if w.node not in dropped]
         workflow = _workflow(thread_id)
         with self.store.batch() as b:
             b.purge(cp_run, missing_ok=True)
             b.purge(w_run, missing_ok=True)
-            for run, kept in ((cp_run, records), (w_run, legacy)):
-                for r in kept:
-                    if r.node in ids:
-                        b.append(run, r.state, workflow_id=workflow, node=r.node)
+            for r in records:
+                if r.node in dropped:
+                    continue
+                state = r.state
+                if r.node in rewritten and state is newest[r.node]:
+                    state = rewritten[r.node]
+                b.append(cp_run, state, workflow_id=workflow, node=r.node)
+            for r in legacy:
+                b.append(w_run, r.state, workflow_id=workflow, node=r.node)
 
     # ------------------------------------------------------------------ async API
 

@@ -1353,9 +1353,23 @@ class _View:
         """The greatest node (in UTF-8 byte order) that wrote a checkpoint of the run,
         or the greatest below ``below``, with the states of its checkpoints in index
         order; None if there is none."""
+        found = self.nodes_below(run_id, below, 1)
+        if not found:
+            return None
+        node, indices = found[0]
+        hdr = self._header(run_id)
+        assert hdr is not None
+        return node, [self._state(run_id, hdr, at)[1] for at in indices]
+
+    def nodes_below(
+        self, run_id: str, below: str | None = None, limit: int = 1
+    ) -> list[tuple[str, list[int]]]:
+        """Up to ``limit`` nodes that wrote checkpoints of the run, greatest first (in
+        UTF-8 byte order; only those below ``below`` if given), each with the indices
+        of its checkpoints in index order. Reads node index keys only."""
         hdr = self._header(run_id)
         if hdr is None:
-            return None
+            return []
         prefix = _keys.nodes_prefix(hdr.run_no)
         bound = (
             prefix + _validate.ident(below, "node") + _keys.SEP
@@ -1364,20 +1378,30 @@ class _View:
         )
         cur = self._txn.cursor()
         found = cur.prev() if bound is not None and cur.set_range(bound) else cur.last()
-        if not found:
-            return None
-        key: bytes = cur.key()
-        if not key.startswith(prefix):
-            return None
-        node_prefix = key[: -U64.size]
-        indices = []
-        while key.startswith(node_prefix) and len(key) == len(node_prefix) + U64.size:
-            indices.append(U64.unpack_from(key, len(node_prefix))[0])
-            if not cur.prev():
+        out: list[tuple[str, list[int]]] = []
+        current = b""
+        while found:
+            key: bytes = cur.key()
+            if not key.startswith(prefix):
                 break
-            key = cur.key()
-        node = node_prefix[len(prefix) : -len(_keys.SEP)].decode()
-        return node, [self._state(run_id, hdr, at)[1] for at in reversed(indices)]
+            node_prefix = key[: -U64.size]
+            if node_prefix != current:
+                if len(out) == limit:
+                    break
+                current = node_prefix
+                out.append((node_prefix[len(prefix) : -len(_keys.SEP)].decode(), []))
+            out[-1][1].append(U64.unpack_from(key, len(node_prefix))[0])
+            found = cur.prev()
+        for _node, indices in out:
+            indices.reverse()
+        return out
+
+    def states(self, run_id: str, indices: list[int]) -> list[Any]:
+        """The states of the run's checkpoints at ``indices``."""
+        hdr = self._header(run_id)
+        if hdr is None:
+            return []
+        return [self._state(run_id, hdr, at)[1] for at in indices if at < hdr.length]
 
     def _state(self, run_id: str, hdr: _RunHeader, at: int) -> tuple[str | None, Any]:
         store = self._store

@@ -37,6 +37,7 @@ from steplog import (
     StoreClosed,
     WorkflowMismatch,
 )
+from steplog._keys import MAX_ID_BYTES
 
 __all__ = ["StoreContract"]
 
@@ -484,7 +485,7 @@ class StoreContract(abc.ABC):
 
     @pytest.mark.parametrize(
         "bad_id",
-        ["", 42, None, b"bytes", "nul\x00byte", "x" * 257, "\ud800"],
+        ["", 42, None, b"bytes", "nul\x00byte", "x" * (MAX_ID_BYTES + 1), "\ud800"],
         ids=["empty", "int", "none", "bytes", "nul", "too-long", "surrogate"],
     )
     def test_bad_run_ids_are_rejected(self, store: Any, bad_id: Any) -> None:

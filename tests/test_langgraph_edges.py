@@ -1,0 +1,207 @@
+"""StepLogSaver on the call sequences the conformance suite does not make: ids put out
+of order or twice, deletions that cut a checkpoint's ancestry, DeltaChannel graphs
+pruned, long namespaces, non-str thread ids. The expected results are those of
+LangGraph's own savers (InMemorySaver, SqliteSaver) on the same calls."""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Annotated, Any, TypedDict
+
+import pytest
+
+pytest.importorskip("langgraph")
+
+from langgraph.checkpoint.base import BaseCheckpointSaver, empty_checkpoint
+from langgraph.checkpoint.memory import InMemorySaver
+from langgraph.checkpoint.sqlite import SqliteSaver
+from langgraph.graph import END, START, StateGraph
+
+from steplog.langgraph import StepLogSaver
+
+try:
+    from langgraph.channels.delta import DeltaChannel
+except ImportError:  # a LangGraph before DeltaChannel
+    DeltaChannel = None
+
+
+def _id(n: int) -> str:
+    return f"1f000000-0000-6000-8000-{n:012d}"
+
+
+def _cp(
+    n: int, values: dict[str, Any] | None = None, versions: dict[str, Any] | None = None
+) -> Any:
+    cp = empty_checkpoint()
+    cp["id"] = _id(n)
+    cp["channel_values"] = dict(values or {})
+    cp["channel_versions"] = dict(
+        versions if versions is not None else dict.fromkeys(cp["channel_values"], 1)
+    )
+    return cp
+
+
+def _cfg(thread: Any, ns: str = "", cid: str | None = None) -> Any:
+    conf: dict[str, Any] = {"thread_id": thread, "checkpoint_ns": ns}
+    if cid:
+        conf["checkpoint_id"] = cid
+    return {"configurable": conf}
+
+
+def _ids(tuples: Iterator[Any]) -> list[int]:
+    return [int(t.checkpoint["id"][-12:]) for t in tuples]
+
+
+@pytest.fixture
+def saver(tmp_path: Path) -> Iterator[StepLogSaver]:
+    with StepLogSaver.from_path(tmp_path / "store") as s:
+        yield s
+
+
+def _references() -> list[BaseCheckpointSaver[Any]]:
+    return [InMemorySaver(), SqliteSaver(sqlite3.connect(":memory:", check_same_thread=False))]
+
+
+def _list_views(s: BaseCheckpointSaver[Any]) -> tuple[list[int], ...]:
+    return (
+        _ids(s.list(_cfg("t"))),
+        _ids(s.list(_cfg("t"), limit=1)),
+        _ids(s.list(_cfg("t"), before=_cfg("t", cid=_id(3)), limit=1)),
+        _ids(s.list(_cfg("u"))),
+        _ids(s.list(_cfg("u"), limit=1)),
+    )
+
+
+def test_list_is_newest_id_first_whatever_the_order_of_puts(saver: StepLogSaver) -> None:
+    """ids 3, 2, 1 put in that order (a thread copied from another saver's list), and
+    an id put twice: listed by id, greatest first, as get_tuple's latest is."""
+    for s in [saver, *_references()]:
+        for n in (3, 2, 1):
+            s.put(_cfg("t"), _cp(n), {"step": n}, {})
+        for n in (1, 2, 1):
+            s.put(_cfg("u"), _cp(n), {"step": n}, {})
+        assert _list_views(s) == ([3, 2, 1], [3], [2], [2, 1], [2]), type(s).__name__
+
+
+def test_listing_in_order_threads_reads_the_run_in_chunks(saver: StepLogSaver) -> None:
+    """The common case (ids increasing with every put) with pending writes between the
+    puts, longer than one read chunk, and ``before`` in the middle."""
+    config = _cfg("t")
+    for n in range(1, 151):
+        config = saver.put(config, _cp(n, {"x": n}), {"step": n}, {"x": 1})
+        saver.put_writes(config, [("x", n), ("y", -n)], f"task-{n}")
+    listed = list(saver.list(_cfg("t")))
+    assert _ids(iter(listed)) == list(range(150, 0, -1))
+    assert [[w[2] for w in t.pending_writes] for t in listed[:2]] == [[150, -150], [149, -149]]
+    assert _ids(saver.list(_cfg("t"), before=_cfg("t", cid=_id(71)), limit=3)) == [70, 69, 68]
+
+
+def test_delete_for_runs_judges_an_id_put_twice_by_its_newest_put(saver: StepLogSaver) -> None:
+    saver.put(_cfg("t"), _cp(1), {"run_id": "X"}, {})
+    saver.put(_cfg("t"), _cp(1), {"run_id": "Y"}, {})  # the same id again: now run Y's
+    saver.put(_cfg("t", cid=_id(1)), _cp(2), {"run_id": "Z"}, {})
+    saver.delete_for_runs(["Y"])
+    assert [(t.checkpoint["id"][-1], t.metadata["run_id"]) for t in saver.list(_cfg("t"))] == [
+        ("2", "Z")
+    ]
+
+
+def test_deletions_keep_the_values_a_survivor_carries_from_its_ancestors(
+    saver: StepLogSaver,
+) -> None:
+    """A channel whose version did not move is not sent again with a checkpoint; once
+    the ancestor that holds its value is deleted, the survivor must still read it."""
+    for thread in ("p", "d"):
+        saver.put(
+            _cfg(thread), _cp(1, {"big": "doc", "n": 1}, {"big": 1, "n": 1}), {"run_id": "r1"}, {}
+        )
+        saver.put(
+            _cfg(thread, cid=_id(1)), _cp(2, {"n": 2}, {"big": 1, "n": 2}), {"run_id": "r2"}, {}
+        )
+    saver.prune(["p"], strategy="keep_latest")
+    saver.delete_for_runs(["r1"])
+    for thread in ("p", "d"):
+        assert _ids(saver.list(_cfg(thread))) == [2]
+        latest = saver.get_tuple(_cfg(thread))
+        assert latest is not None
+        assert latest.checkpoint["channel_values"] == {"big": "doc", "n": 2}
+
+
+def test_write_only_ids_survive_rewrites_of_their_thread(saver: StepLogSaver) -> None:
+    saver.put(_cfg("t"), _cp(1), {"run_id": "a"}, {})
+    saver.put(_cfg("t", cid=_id(1)), _cp(2), {"run_id": "b"}, {})
+    saver.put_writes(_cfg("t", cid=_id(3)), [("ch", "early")], "task")  # id 3 not put yet
+    saver.delete_for_runs(["a"])
+    saver.put(_cfg("t", cid=_id(2)), _cp(3), {"run_id": "c"}, {})
+    latest = saver.get_tuple(_cfg("t"))
+    assert latest is not None and [w[1:] for w in latest.pending_writes] == [("ch", "early")]
+
+
+def _items(state: list[str] | None, writes: list[list[str]]) -> list[str]:
+    out = list(state or [])
+    for w in writes:
+        out.extend(w)
+    return out
+
+
+def test_prune_keeps_what_a_delta_channel_needs_to_rebuild(tmp_path: Path) -> None:
+    """A DeltaChannel stores its value only every few steps and rebuilds it from the
+    writes since: prune(keep_latest) must leave the kept checkpoint readable as it
+    was, and the next run must go on from it."""
+    if DeltaChannel is None:
+        pytest.skip("this LangGraph has no DeltaChannel")
+
+    class State(TypedDict):
+        items: Annotated[list[str], DeltaChannel(_items, list, snapshot_frequency=3)]
+        n: int
+
+    g = StateGraph(State)
+    g.add_node("a", lambda s: {"items": [f"a{s['n']}"], "n": s["n"] + 1})
+    g.add_node("b", lambda s: {"n": s["n"] + 1})
+    g.add_edge(START, "a")
+    g.add_edge("a", "b")
+    g.add_edge("b", END)
+    conf: Any = {"configurable": {"thread_id": "t"}}
+    results = []
+    for prune in (False, True):
+        with StepLogSaver.from_path(tmp_path / f"s{prune}") as saver:
+            graph = g.compile(checkpointer=saver)
+            for i in range(5):
+                graph.invoke({"n": i * 10}, conf)
+            before = graph.get_state(conf).values
+            if prune:
+                saver.prune(["t"], strategy="keep_latest")
+                assert graph.get_state(conf).values == before
+                assert len(list(saver.list(_cfg("t")))) < 5 * 4
+            graph.invoke({"n": 100}, conf)
+            results.append(graph.get_state(conf).values)
+    assert results[0] == results[1]
+    assert results[0]["items"] == ["a0", "a10", "a20", "a30", "a40", "a100"]
+
+
+def test_a_long_thread_id_and_deep_namespaces_work(saver: StepLogSaver) -> None:
+    thread = "t" * 200
+    ns = "|".join(f"sub{i}:{'0' * 36}" for i in range(6))  # six nested subgraphs
+    config = saver.put(_cfg(thread, ns), _cp(1, {"x": 1}), {}, {})
+    saver.put_writes(config, [("x", 2)], "task")
+    latest = saver.get_tuple(_cfg(thread, ns))
+    assert latest is not None and latest.checkpoint["channel_values"] == {"x": 1}
+    assert [
+        t.config["configurable"]["checkpoint_ns"]
+        for t in saver.list({"configurable": {"thread_id": thread}})
+    ] == [ns]
+    assert saver.get_tuple(_cfg("u" * 300)) is None
+    saver.delete_thread(thread)
+    assert saver.get_tuple(_cfg(thread, ns)) is None
+
+
+def test_thread_ids_need_not_be_str(saver: StepLogSaver) -> None:
+    """Like SqliteSaver, every method takes the str() of a thread id."""
+    saver.put(_cfg(7), _cp(1, {"x": 1}), {}, {})
+    saver.copy_thread(7, 8)  # type: ignore[arg-type]
+    assert saver.get_tuple(_cfg("8")) is not None
+    saver.prune([7], strategy="keep_latest")  # type: ignore[list-item]
+    saver.delete_thread(7)  # type: ignore[arg-type]
+    assert saver.get_tuple(_cfg(7)) is None and saver.get_tuple(_cfg(8)) is not None
