@@ -122,9 +122,14 @@ def open(
     ``map_size`` is the initial LMDB map (capped at ``max_map_size``); it grows
     automatically up to ``max_map_size`` (None: no limit), past which writes raise
     StorageError and leave the store as it was. ``max_record_size`` bounds one checkpoint's
-    encoded payload. ``cache_size`` bounds the bytes of hot runs' latest payloads kept
-    decoded. Raises NotAStore / UnsupportedFormat for a directory that is not a
-    steplog store or is from a newer format, leaving it untouched.
+    encoded payload, written or read (a record claiming more is refused as corrupt, so
+    reading a store written with a larger limit needs that limit). ``cache_size``
+    bounds the bytes of hot runs' latest payloads kept decoded. Handles on one
+    directory in one process share one environment and cache: while one is open, a
+    second handle's ``map_size``, ``max_map_size`` and ``cache_size`` are the first's
+    (its ``durability`` must match). Raises NotAStore / UnsupportedFormat for a
+    directory that is not a steplog store or is from a newer format, leaving it
+    untouched.
     """
     return Store(
         path,
