@@ -11,10 +11,12 @@ from pathlib import Path
 from typing import Annotated, Any, TypedDict
 
 import pytest
+from hypothesis import HealthCheck, example, given, settings
+from hypothesis import strategies as st
 
 pytest.importorskip("langgraph")
 
-from langgraph.checkpoint.base import BaseCheckpointSaver, empty_checkpoint
+from langgraph.checkpoint.base import ERROR, INTERRUPT, BaseCheckpointSaver, empty_checkpoint
 from langgraph.checkpoint.memory import InMemorySaver
 from langgraph.checkpoint.sqlite import SqliteSaver
 from langgraph.graph import END, START, StateGraph
@@ -205,3 +207,97 @@ def test_thread_ids_need_not_be_str(saver: StepLogSaver) -> None:
     saver.prune([7], strategy="keep_latest")  # type: ignore[list-item]
     saver.delete_thread(7)  # type: ignore[arg-type]
     assert saver.get_tuple(_cfg(7)) is None and saver.get_tuple(_cfg(8)) is not None
+
+
+_THREADS = st.sampled_from(["t1", "t1", "t2"])
+_NSS = st.sampled_from(["", "", "sub:1|inner:2"])
+_N = st.integers(1, 6)
+_PUT = st.tuples(st.just("put"), _THREADS, _NSS, _N, st.booleans(), st.integers(0, 3))
+_LIST = st.tuples(
+    st.just("list"),
+    _THREADS,
+    _NSS,
+    st.integers(0, 7),
+    st.sampled_from([None, 0, 1, 3]),
+    st.sampled_from([None, {"step": 1}]),
+)
+_OPS = st.one_of(
+    _PUT,
+    _PUT,
+    st.tuples(
+        st.just("writes"),
+        _THREADS,
+        _NSS,
+        _N,
+        st.lists(
+            st.tuples(st.sampled_from(["a", "b", ERROR, INTERRUPT]), st.integers(0, 9)), max_size=3
+        ),
+        st.sampled_from(["ta", "tb"]),
+    ),
+    st.tuples(st.just("get"), _THREADS, _NSS, st.integers(0, 8)),
+    _LIST,
+    st.tuples(
+        st.just("list"),
+        _THREADS,
+        _NSS,
+        st.integers(0, 9),
+        st.sampled_from([None, 0, 1, 3]),
+        st.sampled_from([None, {"step": 1}]),
+    ),
+    st.tuples(st.just("delete"), _THREADS),
+)
+
+
+def _observe(s: BaseCheckpointSaver[Any], op: tuple[Any, ...], parents: dict[Any, str]) -> Any:
+    def seen(t: Any) -> Any:
+        if t is None:
+            return None
+        return (
+            t.config["configurable"],
+            t.parent_config,
+            dict(t.metadata),
+            t.checkpoint["channel_values"],
+            t.pending_writes,
+        )
+
+    kind, thread = op[0], op[1]
+    if kind == "put":
+        _, _, ns, n, with_parent, step = op
+        parent = parents.get((thread, ns)) if with_parent else None
+        cp = _cp(n, {"a": step, "b": [n, step]}, {"a": n, "b": n})
+        s.put(_cfg(thread, ns, parent), cp, {"step": step}, dict(cp["channel_versions"]))
+        parents[(thread, ns)] = _id(n)
+        return None
+    if kind == "writes":
+        _, _, ns, n, writes, task = op
+        s.put_writes(_cfg(thread, ns, _id(n)), writes, task)
+        return None
+    if kind == "get":
+        _, _, ns, n = op
+        return seen(s.get_tuple(_cfg(thread, ns, _id(n) if n else None)))
+    if kind == "list":
+        _, _, ns, before, limit, meta = op
+        cut = _cfg(thread, ns, _id(before)) if before else None
+        return [seen(t) for t in s.list(_cfg(thread, ns), before=cut, filter=meta, limit=limit)]
+    s.delete_thread(thread)
+    parents.clear()
+    return None
+
+
+_LIST_ALL = ("list", "t1", "", 0, None, None)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=list(HealthCheck))
+@given(ops=st.lists(_OPS, min_size=1, max_size=25))
+@example(ops=[("put", "t1", "", 2, False, 0), ("put", "t1", "", 1, True, 1), _LIST_ALL])
+@example(ops=[("put", "t1", "", n, True, n) for n in (1, 2, 1)] + [_LIST_ALL])
+def test_the_saver_reads_back_what_in_memory_saver_does(tmp_path_factory: Any, ops: Any) -> None:
+    """Random sequences of puts (ids in any order, put again, with or without a
+    parent), pending writes (also to ids never put), reads, listings and deletions:
+    every read returns what LangGraph's InMemorySaver returns."""
+    with StepLogSaver.from_path(tmp_path_factory.mktemp("diff") / "s") as saver:
+        reference = InMemorySaver()
+        mine: dict[Any, str] = {}
+        theirs: dict[Any, str] = {}
+        for op in ops:
+            assert _observe(saver, op, mine) == _observe(reference, op, theirs), op
