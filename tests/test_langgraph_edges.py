@@ -236,14 +236,7 @@ _OPS = st.one_of(
     ),
     st.tuples(st.just("get"), _THREADS, _NSS, st.integers(0, 8)),
     _LIST,
-    st.tuples(
-        st.just("list"),
-        _THREADS,
-        _NSS,
-        st.integers(0, 9),
-        st.sampled_from([None, 0, 1, 3]),
-        st.sampled_from([None, {"step": 1}]),
-    ),
+    _LIST,
     st.tuples(st.just("delete"), _THREADS),
 )
 
