@@ -163,6 +163,35 @@ async def test_follow_yields_history_then_live_checkpoints(tmp_path: Path) -> No
 
 
 @pytest.mark.anyio
+@pytest.mark.parametrize("reuse", [False, True])
+async def test_follow_ends_with_run_not_found_when_its_run_is_purged(
+    tmp_path: Path, reuse: bool
+) -> None:
+    """A purged run's history is gone: its follower raises RunNotFound rather than
+    waiting forever, or going on with a new run that took the same id."""
+    async with steplog.open_async(tmp_path / "s") as store:
+        for i in range(3):
+            await store.append("r", {"gen": 1, "i": i})
+        seen: list[Any] = []
+
+        async def follower() -> None:
+            with pytest.raises(steplog.RunNotFound):
+                async for cp in store.follow("r", poll_interval=0.005):
+                    seen.append(cp.state)
+
+        with anyio.fail_after(10):
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(follower)
+                while len(seen) < 3:
+                    await anyio.sleep(0.005)
+                await store.purge("r")
+                if reuse:
+                    for i in range(5):
+                        await store.append("r", {"gen": 2, "i": i})
+        assert seen == [{"gen": 1, "i": i} for i in range(3)]
+
+
+@pytest.mark.anyio
 async def test_follow_waits_for_a_run_that_does_not_exist_yet(tmp_path: Path) -> None:
     async with steplog.open_async(tmp_path / "s") as store:
 

@@ -21,7 +21,7 @@ import anyio
 import anyio.to_thread
 
 from steplog import _validate
-from steplog.errors import InvalidArgument
+from steplog.errors import InvalidArgument, RunNotFound
 from steplog.model import TERMINAL_STATUSES, Checkpoint, RunInfo, Status, VerifyReport
 from steplog.store import AppendBatch, Store
 
@@ -195,6 +195,18 @@ class AsyncStore:
             for cp in chunk:
                 yield cp
 
+    def _same_run(self, run_id: str, run_no: int, start: int) -> list[Checkpoint]:
+        """Up to a chunk of checkpoints from ``start``, all of run number ``run_no``
+        (RunNotFound if the id now names another run, or none)."""
+        try:
+            chunk = list(islice(self.store.history(run_id, start=start), STREAM_CHUNK))
+        except RunNotFound:
+            chunk = []
+        numbered = self.store._numbered_run(run_id)
+        if numbered is None or numbered[0] != run_no:
+            raise RunNotFound(run_id)  # the run number was the same before and after
+        return chunk
+
     async def verify(self) -> VerifyReport:
         """See :meth:`Store.verify` (runs off the loop)."""
         result: VerifyReport = await self._off_loop(self.store.verify)
@@ -213,17 +225,31 @@ class AsyncStore:
 
         Ends once the run's latest checkpoint has a terminal status (completed or
         failed) and everything up to it was yielded, unless ``keep_following``. Waits
-        for a run that does not exist yet. No index is skipped or repeated, provided
-        checkpoints already yielded are not deleted with ``delete_latest`` meanwhile.
+        for a run that does not exist yet; raises RunNotFound once the run it followed
+        is purged (also if a new run has since taken its id). No index is skipped or
+        repeated, provided checkpoints already yielded are not deleted with
+        ``delete_latest`` meanwhile.
         """
         _validate.ident(run_id, "run_id")
         next_index = _validate.optional_nonnegative(start, "start") or 0
         if poll_interval <= 0:
             raise InvalidArgument(f"poll_interval must be > 0, got {poll_interval}")
+        followed: int | None = None  # the run's number, once seen
         while True:
-            info = self.store.run(run_id)
-            if info is not None and info.length > next_index:
-                async for cp in self.history(run_id, start=next_index, stop=info.length):
+            numbered = self.store._numbered_run(run_id)
+            if numbered is None:
+                if followed is not None:
+                    raise RunNotFound(run_id)
+                await anyio.sleep(poll_interval)
+                continue
+            run_no, info = numbered
+            if followed is None:
+                followed = run_no
+            elif run_no != followed:
+                raise RunNotFound(run_id)
+            if info.length > next_index:
+                chunk = await self._off_loop(self._same_run, run_id, followed, next_index)
+                for cp in chunk:
                     yield cp
                     next_index = cp.index + 1
                 continue

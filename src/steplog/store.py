@@ -976,6 +976,17 @@ class Store:
 
         return self._read(op)
 
+    def _numbered_run(self, run_id: str) -> tuple[int, RunInfo] | None:
+        """The run's number (never reused: a purged id that is reused gets another) and
+        header, or None."""
+        rid = _validate.ident(run_id, "run_id")
+
+        def op(txn: Txn) -> tuple[int, RunInfo] | None:
+            hdr = self._header(txn, rid)
+            return None if hdr is None else (hdr.run_no, self._info(run_id, hdr))
+
+        return self._read(op)
+
     def runs(
         self,
         workflow_id: str | None = None,
