@@ -209,3 +209,31 @@ def test_a_state_nested_as_deep_as_append_allows_loads_from_any_depth(tmp_path: 
         assert deep(200, lambda: store.load("r", 0)).state == _nested(depth)
         assert [c.index for c in deep(200, lambda: list(store.history("r")))] == [0, 1]
         assert deep(200, store.verify).ok
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        steplog.errors.RecordTooLarge("r", 10, 5),
+        RunNotFound("r"),
+        CheckpointNotFound("r", 3, 2),
+        RunExists("r"),
+        IndexConflict("r", 1, 2),
+        WorkflowMismatch("r", "a", "b"),
+        steplog.ForkPointInUse("r", 0, ["kid"]),
+        steplog.SchemaMismatch("r", 0, int, "not an int"),
+        steplog.CorruptRecord("r", 0, "checksum mismatch"),
+        StoreClosed("the store is closed"),
+        InvalidArgument("bad"),
+    ],
+    ids=lambda e: type(e).__name__,
+)
+def test_errors_cross_process_boundaries_intact(error: StepLogError) -> None:
+    """A worker's IndexConflict must reach a process pool's caller as itself (pickle
+    is how multiprocessing returns exceptions), with its message and fields."""
+    import pickle
+
+    back = pickle.loads(pickle.dumps(error))  # what multiprocessing does; steplog never pickles
+    assert type(back) is type(error) and str(back) == str(error)
+    fields = {k: v for k, v in vars(error).items() if k != "type"}
+    assert {k: v for k, v in vars(back).items() if k != "type"} == fields

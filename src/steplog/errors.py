@@ -7,6 +7,8 @@ problem. No raw ``lmdb``, ``zstandard`` or ``msgspec`` exception escapes the API
 
 from __future__ import annotations
 
+from typing import Any
+
 __all__ = [
     "CheckpointNotFound",
     "CorruptRecord",
@@ -28,6 +30,19 @@ __all__ = [
 
 class StepLogError(Exception):
     """Root of every error steplog raises."""
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Errors whose __init__ takes fields (run id, index, ...) rebuild from their
+        # message and fields, not by calling __init__ with the message alone: pickle
+        # is how a process pool returns a worker's IndexConflict to its caller.
+        return (_rebuild, (type(self), self.args, self.__dict__))
+
+
+def _rebuild(cls: type[StepLogError], args: tuple[Any, ...], state: dict[str, Any]) -> Any:
+    error = cls.__new__(cls)
+    error.args = args
+    error.__dict__.update(state)
+    return error
 
 
 class InvalidArgument(StepLogError, ValueError):
