@@ -148,39 +148,57 @@ def _items(state: list[str] | None, writes: list[list[str]]) -> list[str]:
     return out
 
 
-def test_prune_keeps_what_a_delta_channel_needs_to_rebuild(tmp_path: Path) -> None:
-    """A DeltaChannel stores its value only every few steps and rebuilds it from the
-    writes since: prune(keep_latest) must leave the kept checkpoint readable as it
-    was, and the next run must go on from it."""
+@pytest.mark.parametrize(("frequency", "invokes"), [(1, 8), (3, 8), (5, 8), (5, 3)])
+def test_prune_keeps_what_a_delta_channel_needs_to_rebuild(
+    tmp_path: Path, frequency: int, invokes: int
+) -> None:
+    """A DeltaChannel stores its value only every few updates and rebuilds it from the
+    writes since: prune(keep_latest) keeps the latest checkpoint and just the
+    ancestors it is rebuilt from (all, before its first snapshot); every checkpoint
+    kept reads as before, and time travel from the oldest kept one, then the next
+    run, go on as without the prune."""
     if DeltaChannel is None:
         pytest.skip("this LangGraph has no DeltaChannel")
-
-    class State(TypedDict):
-        items: Annotated[list[str], DeltaChannel(_items, list, snapshot_frequency=3)]
-        n: int
-
-    g = StateGraph(State)
+    # the functional form: a class body's annotations would not see ``frequency``
+    state = TypedDict(  # type: ignore[misc]  # noqa: UP013
+        "state",
+        {
+            "items": Annotated[list[str], DeltaChannel(_items, list, snapshot_frequency=frequency)],
+            "n": int,
+        },
+    )
+    g = StateGraph(state)
     g.add_node("a", lambda s: {"items": [f"a{s['n']}"], "n": s["n"] + 1})
-    g.add_node("b", lambda s: {"n": s["n"] + 1})
+    g.add_node("b", lambda s: {"items": [f"b{s['n']}"] if s["n"] % 2 else [], "n": s["n"] + 1})
+    g.add_node("c", lambda s: {"n": s["n"] + 1})
     g.add_edge(START, "a")
     g.add_edge("a", "b")
-    g.add_edge("b", END)
+    g.add_edge("b", "c")
+    g.add_edge("c", END)
     conf: Any = {"configurable": {"thread_id": "t"}}
-    results = []
-    for prune in (False, True):
+
+    def by_step(graph: Any) -> dict[int, Any]:
+        return {s.metadata["step"]: s for s in graph.get_state_history(conf)}
+
+    outcomes = []
+    kept_steps: list[int] = []
+    for prune in (True, False):
         with StepLogSaver.from_path(tmp_path / f"s{prune}") as saver:
             graph = g.compile(checkpointer=saver)
-            for i in range(5):
+            for i in range(invokes):
                 graph.invoke({"n": i * 10}, conf)
-            before = graph.get_state(conf).values
+            before = by_step(graph)
             if prune:
                 saver.prune(["t"], strategy="keep_latest")
-                assert graph.get_state(conf).values == before
-                assert len(list(saver.list(_cfg("t")))) < 5 * 4
+                after = by_step(graph)
+                kept_steps = sorted(after)
+                # (5 checkpoints per invoke; before a first snapshot, all are needed)
+                assert len(after) <= min(len(before), 5 * frequency + 2)
+                assert all(before[step].values == s.values for step, s in after.items())
+            graph.invoke({"n": 500}, before[kept_steps[0]].config)  # time travel
             graph.invoke({"n": 100}, conf)
-            results.append(graph.get_state(conf).values)
-    assert results[0] == results[1]
-    assert results[0]["items"] == ["a0", "a10", "a20", "a30", "a40", "a100"]
+            outcomes.append(graph.get_state(conf).values)
+    assert outcomes[0] == outcomes[1]
 
 
 def test_a_long_thread_id_and_deep_namespaces_work(saver: StepLogSaver) -> None:
@@ -294,3 +312,58 @@ def test_the_saver_reads_back_what_in_memory_saver_does(tmp_path_factory: Any, o
         theirs: dict[Any, str] = {}
         for op in ops:
             assert _observe(saver, op, mine) == _observe(reference, op, theirs), op
+
+
+def test_a_listing_interleaved_with_a_rewrite_yields_each_id_once_with_its_own_record(
+    saver: StepLogSaver,
+) -> None:
+    """The listing reads the node index and the records in separate snapshots; when
+    the thread is rewritten in between (records shift), every tuple must still be
+    the record of its own id."""
+    saver.put(_cfg("t"), _cp(1, {"x": 1}), {"run_id": "doomed"}, {"x": 1})
+    for n in range(500, 563):
+        saver.put(_cfg("t"), _cp(n, {"x": n}), {"run_id": "ok"}, {"x": 1})
+    saver.put(_cfg("t"), _cp(300, {"x": 300}), {"run_id": "ok"}, {"x": 1})
+    saver.put(_cfg("t"), _cp(200, {"x": 200}), {"run_id": "ok"}, {"x": 1})
+    it = saver.list(_cfg("t"))
+    got = [next(it) for _ in range(64)]
+    saver.delete_for_runs(["doomed"])  # drops index 0: every later record shifts down
+    got += list(it)
+    ids = [int(t.checkpoint["id"][-12:]) for t in got]
+    assert ids == [*range(562, 499, -1), 300, 200]
+    assert all(t.checkpoint["channel_values"]["x"] == n for t, n in zip(got, ids, strict=True))
+
+
+def test_a_put_committed_during_a_rewrite_is_not_lost(saver: StepLogSaver) -> None:
+    """delete_for_runs reads the thread, then replaces it in one batch: a put that
+    another thread commits in between must survive (the rewrite starts over)."""
+    for n in range(1, 6):
+        saver.put(_cfg("t"), _cp(n, {"x": n}), {"run_id": "old" if n < 3 else "new"}, {"x": n})
+    store, real_batch, raced = saver.store, saver.store.batch, []
+
+    def batch() -> Any:
+        if not raced:  # the other thread's put lands just before the first batch
+            raced.append(saver.put(_cfg("t"), _cp(6, {"x": 6}), {"run_id": "new"}, {"x": 6}))
+        return real_batch()
+
+    store.batch = batch  # type: ignore[method-assign]
+    try:
+        saver.delete_for_runs(["old"])
+    finally:
+        store.batch = real_batch  # type: ignore[method-assign]
+    assert _ids(saver.list(_cfg("t"))) == [6, 5, 4, 3]
+
+
+def test_before_may_name_any_id(saver: StepLogSaver) -> None:
+    """Ids that no checkpoint could have (empty, too long, with NUL) still bound the
+    listing, as they do for InMemorySaver."""
+    reference = InMemorySaver()
+    for s in (saver, reference):
+        for n in (1, 2):
+            s.put(_cfg("t"), _cp(n), {}, {})
+    for before in ("", "z" * 600, _id(2), _id(2) + "\x00", "0"):
+        cut: Any = {
+            "configurable": {"thread_id": "t", "checkpoint_ns": "", "checkpoint_id": before}
+        }
+        mine, theirs = (_ids(s.list(_cfg("t"), before=cut)) for s in (saver, reference))
+        assert mine == theirs, repr(before)

@@ -51,15 +51,24 @@ from langgraph.checkpoint.serde.base import SerializerProtocol
 
 import steplog
 from steplog.async_store import AsyncStore
-from steplog.errors import InvalidArgument, RunNotFound
+from steplog.errors import IndexConflict, InvalidArgument, RunNotFound
 from steplog.store import Store, _View
 
 __all__ = ["StepLogSaver"]
+
+_SNAPSHOT: type | None
+try:
+    from langgraph.checkpoint.serde.types import _DeltaSnapshot as _SNAPSHOT
+except ImportError:  # a LangGraph before DeltaChannel
+    _SNAPSHOT = None
 
 SEP = "\x1f"
 _PREFIX = "lg"
 #: Checkpoints read per step when listing a thread newest first.
 LIST_CHUNK = 64
+#: Times a rewrite (delete_for_runs, prune) reads the thread again when a write landed
+#: between its read and its commit; the last attempt's conflict is raised.
+REWRITE_ATTEMPTS = 8
 
 
 def _workflow(thread_id: str) -> str:
@@ -117,6 +126,11 @@ def _latest_of(view: _View, run: str, legacy: bool = True) -> tuple[str, Any, li
     return None
 
 
+def _is_snapshot(value: Any) -> bool:
+    """Whether a stored channel value is a DeltaChannel's snapshot."""
+    return _SNAPSHOT is not None and isinstance(value, _SNAPSHOT)
+
+
 def _thread(thread_id: Any) -> str:
     """A thread id as every LangGraph saver takes it: its str()."""
     return _check(str(thread_id), "thread_id")
@@ -131,33 +145,41 @@ def _check(value: str, what: str) -> str:
 
 
 class _Records:
-    """States of one run's records by index, decoded ``LIST_CHUNK`` at a time in index
-    order (a chunk ends at the highest index asked for)."""
+    """Records of one run by index, decoded ``LIST_CHUNK`` at a time in index order (a
+    chunk ends at the highest index asked for)."""
 
     def __init__(self, store: Store, run: str) -> None:
         self._store = store
         self._run = run
         self._lo = 0
-        self._states: list[Any] = []
+        self._chunk: list[steplog.Checkpoint] = []
 
-    def states(self, indices: list[int]) -> list[Any] | None:
-        """The states at ``indices`` (ascending); None if they span more than a chunk
-        or the run no longer holds them."""
+    def states(self, node: str, indices: list[int]) -> list[Any] | None:
+        """The states of ``node``'s records at ``indices`` (ascending); None if they
+        span more than a chunk, or the run no longer holds them there (rewritten
+        since the node index was read)."""
         lo, hi = indices[0], indices[-1] + 1
         if hi - lo > LIST_CHUNK:
             return None
-        if not (self._lo <= lo and hi <= self._lo + len(self._states)):
+        got = self._held(node, indices)
+        if got is None:  # not read yet, or read before the run changed
             start = max(0, hi - LIST_CHUNK)
             try:
-                self._states = [
-                    cp.state for cp in self._store.history(self._run, start=start, stop=hi)
-                ]
+                self._chunk = list(self._store.history(self._run, start=start, stop=hi))
             except RunNotFound:
-                self._states = []
+                self._chunk = []
             self._lo = start
-            if len(self._states) != hi - start:
-                return None
-        return [self._states[i - self._lo] for i in indices]
+            got = self._held(node, indices)
+        return got
+
+    def _held(self, node: str, indices: list[int]) -> list[Any] | None:
+        at = [i - self._lo for i in indices]
+        if at[0] < 0 or at[-1] >= len(self._chunk):
+            return None
+        records = [self._chunk[i] for i in at]
+        if any(r.node != node for r in records):
+            return None
+        return [r.state for r in records]
 
 
 class StepLogSaver(
@@ -344,7 +366,7 @@ class StepLogSaver(
                 partial(_View.nodes_below, run_id=run, below=below, limit=LIST_CHUNK)
             )
             for node, indices in nodes:
-                states = records.states(indices)
+                states = records.states(node, indices)
                 if states is None:  # far apart, or the run changed: one snapshot
                     got = self.store._view(
                         partial(_checkpoint_of, run=run, cid=node, legacy=self._legacy)
@@ -396,7 +418,7 @@ class StepLogSaver(
         else:
             cid = None
             pairs = [(t, n) for t in self._threads() for n in self._namespaces(t)]
-        before_id = get_checkpoint_id(before) if before else None
+        before_id = (get_checkpoint_id(before) if before else None) or None
         for thread_id, ns in pairs:
             for node, state, writes in self._checkpoints(thread_id, ns, cid, before_id):
                 if before_id is not None and node is not None and node >= before_id:
@@ -500,20 +522,25 @@ class StepLogSaver(
                 self._rewrite(thread, ns, self._latest_and_its_seeds)
 
     def _latest_and_its_seeds(self, newest: dict[str, Any]) -> set[str]:
-        """The latest checkpoint, and the ancestors its channels are rebuilt from: a
-        channel with a version but no value (a DeltaChannel between its snapshots keeps
-        none) is rebuilt from the writes since the nearest ancestor that stores one,
-        so those ancestors and their writes stay."""
+        """The latest checkpoint, and the ancestors its DeltaChannels are rebuilt from.
+        A DeltaChannel stores its value (a ``_DeltaSnapshot``) only every few updates;
+        in between it is rebuilt from the nearest ancestor that stores one plus the
+        pending writes since, so those ancestors and their writes stay. A channel is a
+        DeltaChannel if some checkpoint of the thread stores a snapshot of it or counts
+        updates since one (metadata ``counters_since_delta_snapshot``)."""
         if not newest:
             return set()
+        delta: set[str] = set()
+        for state in newest.values():
+            values = self._values(state)[1]
+            delta.update(k for k, v in values.items() if _is_snapshot(v))
+            metadata = self.serde.loads_typed((state["m"][0], state["m"][1]))
+            delta.update(metadata.get("counters_since_delta_snapshot") or ())
         latest = max(newest)
-        state = newest[latest]
-        versions, values = self._values(state)
-        missing = [k for k in versions if k not in values]
-        carried = self._carried_values(newest.get, state["p"], versions, missing)
-        wanted = {k for k in missing if k not in carried}
         keep = {latest}
-        parent = state["p"]
+        versions, values = self._values(newest[latest])
+        wanted = {k for k in delta if k in versions and k not in values}
+        parent = newest[latest]["p"]
         while wanted and parent in newest:
             keep.add(parent)
             wanted -= set(self._values(newest[parent])[1])
@@ -527,8 +554,18 @@ class StepLogSaver(
         (given each id's newest put), each with its pending writes; writes of ids never
         put stay. A kept checkpoint that carries channel values from an ancestor being
         dropped gets them stored in its own record."""
+        for _attempt in range(REWRITE_ATTEMPTS):
+            try:
+                return self._rewrite_once(thread_id, ns, choose)
+            except IndexConflict:
+                continue  # a put or put_writes landed since the read: read again
+        self._rewrite_once(thread_id, ns, choose)
+
+    def _rewrite_once(
+        self, thread_id: str, ns: str, choose: Callable[[dict[str, Any]], set[str]]
+    ) -> None:
         cp_run, w_run = _run("c", thread_id, ns), _run("w", thread_id, ns)
-        records = list(self.store.history(cp_run))
+        records = self._all(cp_run)
         newest = {cp.node: cp.state for cp in records if "c" in cp.state and cp.node}
         kept = choose(newest)
         dropped = set(newest) - kept
@@ -547,13 +584,13 @@ class StepLogSaver(
                 checkpoint = self.serde.loads_typed((state["c"][0], state["c"][1]))
                 full = {**checkpoint, "channel_values": {**values, **now}}
                 rewritten[cid] = {**state, "c": list(self.serde.dumps_typed(full))}
-        legacy = []
-        if self.store.run(w_run) is not None:
-            legacy = [w for w in self.store.history(w_run) if w.node not in dropped]
+        older = self._all(w_run)
+        legacy = [w for w in older if w.node not in dropped]
         workflow = _workflow(thread_id)
         with self.store.batch() as b:
-            b.purge(cp_run, missing_ok=True)
-            b.purge(w_run, missing_ok=True)
+            # nothing may have been appended since the read (else IndexConflict: retry)
+            b.purge(cp_run, missing_ok=True, expected_index=len(records))
+            b.purge(w_run, missing_ok=True, expected_index=len(older))
             for r in records:
                 if r.node in dropped:
                     continue
@@ -563,6 +600,13 @@ class StepLogSaver(
                 b.append(cp_run, state, workflow_id=workflow, node=r.node)
             for r in legacy:
                 b.append(w_run, r.state, workflow_id=workflow, node=r.node)
+
+    def _all(self, run: str) -> Sequence[steplog.Checkpoint]:
+        """Every record of ``run`` (none if there is no such run)."""
+        try:
+            return list(self.store.history(run))
+        except RunNotFound:
+            return []
 
     # ------------------------------------------------------------------ async API
 

@@ -1289,15 +1289,24 @@ class AppendBatch:
         self._last[run_id] = req
         self._ops.append(req.apply)
 
-    def purge(self, run_id: str, *, missing_ok: bool = False) -> None:
+    def purge(
+        self, run_id: str, *, missing_ok: bool = False, expected_index: int | None = None
+    ) -> None:
         """Queue a purge (see :meth:`Store.purge`); with ``missing_ok`` a run that does
-        not exist is skipped instead of failing the batch."""
+        not exist is skipped instead of failing the batch. With ``expected_index``, the
+        batch commits only if the run's next index is still that (0 for a run that does
+        not exist), else IndexConflict: a read-then-replace of a run loses no append
+        that landed in between."""
         rid = _validate.ident(run_id, "run_id")
+        expected = _validate.optional_nonnegative(expected_index, "expected_index")
         store = self._store
         self._last.pop(run_id, None)
 
         def op(txn: Txn, batch: Batch) -> None:
-            if missing_ok and store._header(txn, rid) is None:
+            hdr = store._header(txn, rid)
+            if expected is not None and expected != (hdr.length if hdr is not None else 0):
+                raise IndexConflict(run_id, expected, hdr.length if hdr is not None else 0)
+            if missing_ok and hdr is None:
                 return
             store._apply_purge(txn, batch, run_id, rid)
 
@@ -1321,6 +1330,21 @@ def _node_indices(
             break
         out.append(index)
     return out
+
+
+def _node_bound(prefix: bytes, below: str) -> bytes:
+    """A key (under ``prefix``) above the node entries of every node below ``below``
+    and under all others, for any str. Nodes hold no NUL and at most MAX_ID_BYTES, so
+    a node is below a ``below`` that is longer, or has a NUL, exactly when it is at
+    most the part of ``below`` before that point."""
+    if not isinstance(below, str):
+        raise InvalidArgument(f"below must be a str, not {type(below).__name__}")
+    raw = below.encode("utf-8", "surrogatepass")
+    nul = raw.find(0)
+    cut = min(len(raw), _keys.MAX_ID_BYTES, nul if nul >= 0 else len(raw))
+    if cut < len(raw):
+        return prefix + raw[:cut] + b"\x01"  # after node raw[:cut]'s entries
+    return prefix + raw + _keys.SEP  # the first entry of node ``below`` itself
 
 
 class _View:
@@ -1387,11 +1411,7 @@ class _View:
         if hdr is None:
             return []
         prefix = _keys.nodes_prefix(hdr.run_no)
-        bound = (
-            prefix + _validate.ident(below, "node") + _keys.SEP
-            if below is not None
-            else _keys.prefix_end(prefix)
-        )
+        bound = _keys.prefix_end(prefix) if below is None else _node_bound(prefix, below)
         cur = self._txn.cursor()
         found = cur.prev() if bound is not None and cur.set_range(bound) else cur.last()
         out: list[tuple[str, list[int]]] = []
