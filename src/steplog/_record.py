@@ -517,7 +517,9 @@ class Chain:
     chain needs: the previous payload (for a dictionary delta) and the stream's
     decompressor (for a stream block). Start it at a keyframe, or at a record whose
     decoded payload you hold (``base``, with its delta ``depth``; stream blocks then
-    need a restart). A delta record must be one deeper than the record before it."""
+    need a restart). ``depth`` is the depth in the chain of the record last decoded,
+    so a reader can check that the next delta record says it is one deeper
+    (``follows_depth``)."""
 
     __slots__ = ("_dobj", "depth", "index", "payload")
 
@@ -531,13 +533,20 @@ class Chain:
         """Whether the record at ``index`` decodes from this chain's state."""
         if header.codec in _KEYFRAME_CODECS:
             return True
-        if index != self.index + 1 or header.depth != self.depth + 1:
+        if index != self.index + 1:
             return False
         return (
             self._dobj is not None
             if header.codec == CODEC_STREAM_NEXT
             else self.payload is not None
         )
+
+    def follows_depth(self, index: int, header: Header) -> bool:
+        """Whether the record at ``index`` has the depth its place in the chain gives
+        it (0 for a keyframe, one more than the record before for a delta)."""
+        if header.codec in _KEYFRAME_CODECS:
+            return header.depth == 0
+        return index == self.index + 1 and header.depth == self.depth + 1
 
     def decode(self, run_id: str, index: int, record: bytes, header: Header, limit: int) -> bytes:
         """Verify-and-decode the record at ``index`` (its header already read), never
@@ -578,7 +587,9 @@ class Chain:
         if len(payload) != header.raw_len:
             self._dobj = None
             raise CorruptRecord(run_id, index, "decoded length does not match header")
-        self.index, self.payload, self.depth, self._dobj = index, payload, header.depth, dobj
+        # the depth the record has in the chain (its header's, unless written wrong)
+        depth = 0 if codec in _KEYFRAME_CODECS else self.depth + 1
+        self.index, self.payload, self.depth, self._dobj = index, payload, depth, dobj
         return payload
 
 

@@ -69,6 +69,14 @@ def verify(store: Store, txn: Txn, decode_header: Any) -> VerifyReport:
                 chain = _record.Chain()
                 continue
             seg.last_head = (index, head)
+            if not chain.follows_depth(index, head) and chain.can_take(index, head):
+                problem(
+                    run_id,
+                    index,
+                    "depth",
+                    f"delta depth {head.depth} disagrees with its chain (it loads by a "
+                    "longer walk)",
+                )
             if not chain.can_take(index, head):
                 problem(run_id, index, "unreadable", "its delta base is damaged or missing")
                 chain = _record.Chain()

@@ -69,7 +69,8 @@ class Problem(msgspec.Struct, frozen=True, kw_only=True):
     not decode), ``unreadable`` (an intact delta record whose base is damaged),
     ``missing`` (the run's records are not exactly 0..length-1), ``header`` (the run
     header is unreadable or disagrees with its latest record), ``index`` (a secondary
-    index disagrees with the log).
+    index disagrees with the log), ``depth`` (an intact delta record whose depth field
+    disagrees with its chain: it loads, by a longer walk back to its keyframe).
     """
 
     run_id: str

@@ -300,9 +300,28 @@ class Store:
                 payload = self._walk(txn, hdr, run_id, chain, index, raw, head)
                 if payload is not None:
                     return head, payload
+        keyframe = self._keyframe_at_or_before(txn, hdr, run_id, keyframe, index)
         payload = self._walk(txn, hdr, run_id, _record.Chain(), index, raw, head, keyframe)
         assert payload is not None
         return head, payload
+
+    def _keyframe_at_or_before(
+        self, txn: Txn, hdr: _RunHeader, run_id: str, at: int, index: int
+    ) -> int:
+        """``at`` if record ``at`` is a keyframe (as record ``index``'s depth says), else
+        the nearest keyframe before it: a depth written wrong (steplog 0.1.0 could, in
+        a rare batch race) costs a longer walk, not the checkpoint."""
+        while at > 0:
+            try:
+                raw = self._raw_record(txn, hdr, run_id, at)
+                if _record.read_header(run_id, at, raw).depth == 0:
+                    break
+            except CorruptRecord as exc:
+                raise CorruptRecord(
+                    run_id, index, f"its delta base #{at} is corrupt: {exc.detail}"
+                ) from None
+            at -= 1
+        return at
 
     def _walk(
         self,
