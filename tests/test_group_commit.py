@@ -125,6 +125,28 @@ def test_batch_commits_many_runs_atomically(path: Path) -> None:
         assert store.run("run0").length == 4
 
 
+def test_a_batch_can_replace_a_run_only_if_nothing_was_appended_since_it_was_read(
+    path: Path,
+) -> None:
+    with steplog.open(path) as store:
+        for i in range(3):
+            store.append("r", i)
+        read = [cp.state for cp in store.history("r")]
+        store.append("r", 3)  # lands between the read and the replacement
+        with pytest.raises(IndexConflict) as info:
+            with store.batch() as b:
+                b.purge("r", expected_index=len(read))
+                for state in read[1:]:
+                    b.append("r", state)
+        assert info.value.actual == 4
+        assert [cp.state for cp in store.history("r")] == [0, 1, 2, 3]
+        with store.batch() as b:
+            b.purge("r", expected_index=4)
+            b.purge("never-was", missing_ok=True, expected_index=0)
+            b.append("r", "again")
+        assert [cp.state for cp in store.history("r")] == ["again"]
+
+
 def test_durability_modes(path: Path) -> None:
     for mode in ("full", Durability.FAST, "fast"):
         with steplog.open(path, durability=mode) as store:
