@@ -6,6 +6,7 @@ LangGraph's own savers (InMemorySaver, SqliteSaver) on the same calls."""
 from __future__ import annotations
 
 import sqlite3
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Any, TypedDict
@@ -367,3 +368,32 @@ def test_before_may_name_any_id(saver: StepLogSaver) -> None:
         }
         mine, theirs = (_ids(s.list(_cfg("t"), before=cut)) for s in (saver, reference))
         assert mine == theirs, repr(before)
+
+
+def test_a_checkpoint_put_as_its_own_parent_reads_lists_and_prunes(saver: StepLogSaver) -> None:
+    """A thread copied from another saver by putting each tuple under its own config
+    names every checkpoint as its own parent: reads must not walk that loop forever
+    (InMemorySaver returns such a checkpoint at once)."""
+    cp = _cp(1, {}, {"a": 1})  # a versioned channel with no stored value
+    config = _cfg("t", cid=cp["id"])
+    saver.put(config, cp, {}, {"a": 1})
+    results: dict[str, Any] = {}
+
+    def calls() -> None:
+        results["get"] = saver.get_tuple(config)
+        results["list"] = list(saver.list(_cfg("t")))
+        saver.prune(["t"], strategy="keep_latest")
+        results["after"] = saver.get_tuple(_cfg("t"))
+
+    worker = threading.Thread(target=calls, daemon=True)
+    worker.start()
+    worker.join(10)
+    assert not worker.is_alive(), "a read or prune walked the parent loop forever"
+    reference = InMemorySaver()
+    reference.put(config, cp, {}, {"a": 1})
+    expected = reference.get_tuple(config)
+    assert expected is not None
+    for key in ("get", "after"):
+        assert results[key].checkpoint["channel_values"] == expected.checkpoint["channel_values"]
+        assert results[key].parent_config == expected.parent_config
+    assert len(results["list"]) == 1

@@ -300,8 +300,10 @@ class StepLogSaver(
         an ancestor's record state by id."""
         found: dict[str, Any] = {}
         wanted = set(missing)
+        visited: set[str] = set()  # a parent chain may loop (a checkpoint put as its own parent)
         state = lookup(parent) if parent and wanted else None
-        while state is not None and wanted:
+        while state is not None and wanted and parent and parent not in visited:
+            visited.add(parent)
             a_versions, a_values = self._values(state)
             for k in list(wanted):
                 if a_versions.get(k) != versions[k]:
@@ -541,7 +543,7 @@ class StepLogSaver(
         versions, values = self._values(newest[latest])
         wanted = {k for k in delta if k in versions and k not in values}
         parent = newest[latest]["p"]
-        while wanted and parent in newest:
+        while wanted and parent in newest and parent not in keep:
             keep.add(parent)
             wanted -= set(self._values(newest[parent])[1])
             parent = newest[parent]["p"]
