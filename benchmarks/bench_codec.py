@@ -44,8 +44,9 @@ def chain_costs(payloads: list[bytes], k: int, level: int) -> dict[str, float]:
         enc += time.perf_counter() - t
         records.append(rec)
         sizes.append(len(rec[1]))
-    # worst-case load: the last record of a chain (k - 1 deltas after a keyframe)
-    last = (len(payloads) - 1) // k * k + min(k - 1, (len(payloads) - 1) % k)
+    # worst-case load: the last record of the last full chain (k - 1 deltas after its
+    # keyframe), or of the only chain if there is no full one
+    last = max(len(payloads) // k * k - 1, min(k, len(payloads)) - 1)
     start = last - last % k
     t = time.perf_counter()
     for _ in range(5):

@@ -1,6 +1,6 @@
 """The kill harness at CI scale: 100 SIGKILLs per durability mode, nothing acknowledged lost.
 
-The long run is ``python tools/crashtest.py --kills 2000`` (figures in the README).
+The long run is ``python tools/crashtest.py --kills 1000`` (figures in the README).
 """
 
 from __future__ import annotations

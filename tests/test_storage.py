@@ -366,3 +366,20 @@ def test_view_reads_states_by_node_and_the_greatest_node(path: Path, cache_size:
             "i": 19,
             "pad": "x" * 19,
         }
+
+
+def test_the_inspection_commands_read_and_never_create_a_store(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from steplog import cli
+
+    typo = tmp_path / "typo"
+    assert cli.main(["runs", "--path", str(typo)]) == 1
+    assert cli.main(["history", "r", "--path", str(typo)]) == 1
+    assert not typo.exists()
+    with steplog.open(tmp_path / "s") as store:
+        store.append("r", 1, workflow_id="wf", node="n")
+    assert cli.main(["runs", "--path", str(tmp_path / "s")]) == 0
+    assert cli.main(["history", "r", "--path", str(tmp_path / "s")]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].split("\t")[:3] == ["r", "wf", "1"] and out[1].split("\t")[:2] == ["0", "n"]

@@ -1,7 +1,7 @@
 """Kill harness: SIGKILL writer processes at random moments, again and again, and prove
 that nothing acknowledged is ever lost.
 
-    python tools/crashtest.py --kills 2000            # both durability modes
+    python tools/crashtest.py --kills 1000            # 1000 kills in each durability mode
     python tools/crashtest.py --kills 200 --mode fast --seed 7
 
 Each cycle starts a writer process (several threads, group commit, several runs that
@@ -17,7 +17,7 @@ and checked:
   exactly an operation whose intent was logged but not yet its acknowledgement.
 
 A process crash (SIGKILL) must lose nothing acknowledged in either durability mode.
-The store directory is restarted every ``--cycles-per-store`` kills to bound its size.
+The store directory is started afresh every 25 kills to bound its size.
 """
 
 from __future__ import annotations

@@ -63,8 +63,8 @@ ZSTD_LEVEL = 3
 #: at most that many. A keyframe costs a full compression of the state while a delta
 #: costs its change, so the larger a state grows, the more a keyframe costs against
 #: the deltas it saves. Measured with benchmarks/bench_codec.py on a chat growing to
-#: 117 KB: 64 records per chain cost ~410 B per checkpoint and a worst-case cold load
-#: of 0.48 ms, 128 ~335 B and 0.74 ms; for 2 KiB and 20 KiB states 64 already makes
+#: 117 KB: 64 records per chain cost ~440 B per checkpoint and a worst-case cold load
+#: of ~0.5 ms, 128 ~360 B and ~0.8 ms; for 2 KiB and 20 KiB states 64 already makes
 #: keyframes a small share, and a load by index stays ~2x faster than with 128.
 KEYFRAME_INTERVAL = 64
 LONG_KEYFRAME_INTERVAL = 128

@@ -34,6 +34,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     worker.add_argument("--crash-after", type=int)
 
     args = parser.parse_args(argv)
+    if args.command in ("runs", "history") and not (args.path / "data.mdb").is_file():
+        print(f"steplog: no store at {str(args.path)!r}", file=sys.stderr)
+        return 1  # inspecting must not create a store at a mistyped path
     try:
         if args.command == "demo":
             _demo.run_demo(args.path)

@@ -21,8 +21,8 @@ each step's change; and as pending writes share the checkpoints' delta chain, a
 message written by a task and then carried into the next checkpoint is stored once.
 Stores written before this layout keep pending writes in a second run,
 ``lg␟w␟<thread>␟<ns>``: they are still read. Deletions that LangGraph asks for in the
-middle of a thread (``delete_for_runs``, ``prune``) rewrite the thread's runs in one
-atomic steplog batch.
+middle of a thread (``delete_for_runs``, ``prune``) rewrite each (thread, namespace)'s
+runs in one atomic steplog batch.
 """
 
 from __future__ import annotations
