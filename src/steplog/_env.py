@@ -11,7 +11,7 @@ import fcntl
 import os
 import threading
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 
 import lmdb
@@ -93,10 +93,13 @@ class Gate:
 def private_dir(path: Path) -> None:
     """Make sure ``path`` is a directory; the ones created here (the store's and any
     missing parents) are 0700 whatever the umask."""
-    if path.exists():
-        if not path.is_dir():
-            raise NotAStore(f"{str(path)!r} is not a directory, so not a steplog store")
-        return
+    try:
+        if path.exists():
+            if not path.is_dir():
+                raise NotAStore(f"{str(path)!r} is not a directory, so not a steplog store")
+            return
+    except OSError as exc:
+        raise StorageError(f"cannot open store directory {str(path)!r}: {exc}") from exc
     missing = [path]
     while not missing[-1].parent.exists() and missing[-1].parent != missing[-1]:
         missing.append(missing[-1].parent)
@@ -157,17 +160,20 @@ def open_env(path: Path, map_size: int, *, metasync: bool = True) -> lmdb.Enviro
 
 
 def _open_locked(path: Path, map_size: int, metasync: bool) -> lmdb.Environment:
-    existing = (path / "data.mdb").exists()
-    if not existing:
-        others = [p.name for p in path.iterdir()]
-        if others:
-            raise NotAStore(
-                f"{str(path)!r} is not empty and holds no steplog store "
-                f"(found {', '.join(sorted(others)[:5])})"
-            )
     try:
+        existing = (path / "data.mdb").exists()
+        had_lock = (path / "lock.mdb").exists()
         if not existing:
+            others = [p.name for p in path.iterdir()]
+            if others:
+                raise NotAStore(
+                    f"{str(path)!r} is not empty and holds no steplog store "
+                    f"(found {', '.join(sorted(others)[:5])})"
+                )
             _private_files(path)
+    except OSError as exc:
+        raise StorageError(f"cannot open store at {str(path)!r}: {exc}") from exc
+    try:
         env = lmdb.open(
             str(path),
             map_size=map_size,
@@ -182,9 +188,13 @@ def _open_locked(path: Path, map_size: int, metasync: bool) -> lmdb.Environment:
             max_spare_txns=0,
         )
     except lmdb.Error as exc:
-        if not existing:  # leave the directory as it was found: empty
-            for name in _LMDB_FILES:
+        # leave the directory as it was found: remove the files this call created
+        created = _LMDB_FILES if not existing else () if had_lock else ("lock.mdb",)
+        for name in created:
+            with suppress(OSError):
                 (path / name).unlink(missing_ok=True)
+        if isinstance(exc, lmdb.InvalidError):
+            raise NotAStore(f"{str(path)!r} holds a data.mdb that is not LMDB's") from None
         raise StorageError(f"cannot open store at {str(path)!r}: {exc}") from exc
     try:
         env.reader_check()
@@ -206,6 +216,8 @@ def _init(env: lmdb.Environment, path: Path, existing: bool) -> None:
         with env.begin(write=True) as txn:
             marker = _FormatMarker(FORMAT_MAGIC, FORMAT_VERSION)
             txn.put(_keys.META_FORMAT, msgspec.msgpack.encode(marker))
+        for name in _LMDB_FILES:  # a store made here is private, whoever made the files
+            os.chmod(path / name, 0o600)
     except lmdb.Error as exc:
         raise StorageError(f"cannot open store at {str(path)!r}: {exc}") from exc
 

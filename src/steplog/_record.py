@@ -625,6 +625,8 @@ def decode_payload(
             run_id, index, "payload nests deeper than Python's recursion limit lets it decode"
         ) from None
     except msgspec.ValidationError as exc:
+        if type_ is None:  # not even [node, metadata, state]
+            raise CorruptRecord(run_id, index, f"payload does not decode: {exc}") from None
         raise SchemaMismatch(run_id, index, type_, str(exc)) from None
     except msgspec.DecodeError as exc:
         raise CorruptRecord(run_id, index, f"payload does not decode: {exc}") from None

@@ -28,10 +28,14 @@ class _Segment:
     records: list[int] = field(default_factory=list)
     nodes: dict[int, str] = field(default_factory=dict)
     node_entries: set[tuple[str, int]] = field(default_factory=set)
+    decoded: set[int] = field(default_factory=set)
     last_head: tuple[int, _record.Header] | None = None
 
 
 def verify(store: Store, txn: Txn, decode_header: Any) -> VerifyReport:
+    from steplog.store import _NO_STATUS
+    from steplog.store import _prefix_items as _scan
+
     problems: list[Problem] = []
     segments: dict[int, _Segment] = defaultdict(_Segment)
     records = 0
@@ -46,16 +50,30 @@ def verify(store: Store, txn: Txn, decode_header: Any) -> VerifyReport:
         if len(value) != 8:
             problem(run_id, None, "index", "id entry is not a run number")
             continue
-        ids[U64.unpack(value)[0]] = run_id
+        run_no = U64.unpack(value)[0]
+        if run_no in ids:
+            problem(run_id, None, "index", f"names run #{run_no}, as {ids[run_no]!r} does")
+            continue
+        ids[run_no] = run_id
 
     # ---- segments: records in order, then the header, then node entries
     limit = store.max_record_size
     cur_no, chain = -1, _record.Chain()
     for key, value in _scan(txn, _keys.SEGMENT):
+        if len(key) < 10:
+            problem("?", None, "index", f"stray key {key!r} in the segment table")
+            continue
         run_no = U64.unpack_from(key, 1)[0]
         seg = segments[run_no]
         run_id = ids.get(run_no, f"#{run_no}")
         kind = key[9:10]
+        if kind not in (b"\x00", b"\x01", b"\x02") or (
+            (kind == b"\x00" and len(key) != _keys.LOG_KEY_SIZE)
+            or (kind == b"\x01" and len(key) != 10)
+            or (kind == b"\x02" and (len(key) < 20 or key[-9:-8] != _keys.SEP))
+        ):
+            problem(run_id, None, "index", f"stray key {key!r} in the run's segment")
+            continue
         if kind == b"\x00":
             index = _keys.log_index(key)
             if run_no != cur_no:
@@ -88,6 +106,7 @@ def verify(store: Store, txn: Txn, decode_header: Any) -> VerifyReport:
                 problem(run_id, index, "damaged", exc.detail)
                 chain = _record.Chain()
                 continue
+            seg.decoded.add(index)
             if node is not None:
                 seg.nodes[index] = node
         elif kind == b"\x01":
@@ -95,6 +114,10 @@ def verify(store: Store, txn: Txn, decode_header: Any) -> VerifyReport:
                 seg.header = decode_header(value)
             except msgspec.DecodeError:
                 problem(run_id, None, "header", "run header does not decode")
+                continue
+            if seg.header.status != _NO_STATUS and seg.header.status not in _record.CODE_STATUS:
+                problem(run_id, None, "header", f"unknown status {seg.header.status}")
+                seg.header = None
         elif kind == b"\x02":
             node_b, idx = key[10:-9], U64.unpack_from(key, len(key) - 8)[0]
             seg.node_entries.add((node_b.decode("utf-8", "replace"), idx))
@@ -109,12 +132,13 @@ def verify(store: Store, txn: Txn, decode_header: Any) -> VerifyReport:
         headers[run_no] = hdr
         if ids.get(run_no) != hdr.run_id:
             problem(hdr.run_id, None, "index", "id entry missing or naming another run")
-        if seg.records != list(range(hdr.length)):
+        if len(seg.records) != hdr.length or (seg.records and seg.records[-1] != hdr.length - 1):
+            gaps = _gaps(seg.records, hdr.length)
             problem(
                 hdr.run_id,
                 None,
                 "missing",
-                f"records {_ranges(seg.records)} for length {hdr.length}",
+                f"records {_ranges(seg.records)} for length {hdr.length}{gaps}",
             )
         expected_nodes = {(node, i) for i, node in seg.nodes.items()}
         if expected_nodes - seg.node_entries:
@@ -124,10 +148,10 @@ def verify(store: Store, txn: Txn, decode_header: Any) -> VerifyReport:
                 "index",
                 f"node entries missing: {sorted(expected_nodes - seg.node_entries)[:5]}",
             )
-        stray = {
+        stray = {  # entries naming a record that is not there or names no such node
             (n, i)
             for n, i in seg.node_entries - expected_nodes
-            if i >= hdr.length or i in seg.nodes
+            if i >= hdr.length or i in seg.decoded
         }
         if stray:
             problem(hdr.run_id, None, "index", f"stray node entries: {sorted(stray)[:5]}")
@@ -151,6 +175,9 @@ def verify(store: Store, txn: Txn, decode_header: Any) -> VerifyReport:
     # ---- recency and workflow indexes: exactly one entry per run, at its seq
     seen_recent: dict[int, int] = defaultdict(int)
     for key, value in _scan(txn, _keys.RECENT):
+        if len(key) != 1 + U64.size or len(value) != U64.size:
+            problem("?", None, "index", f"malformed recency entry {key!r}")
+            continue
         seq, run_no = U64.unpack_from(key, 1)[0], U64.unpack(value)[0]
         hdr = headers.get(run_no)
         if hdr is None or hdr.seq != seq:
@@ -160,6 +187,9 @@ def verify(store: Store, txn: Txn, decode_header: Any) -> VerifyReport:
         seen_recent[run_no] += 1
     seen_wf: dict[int, int] = defaultdict(int)
     for key, value in _scan(txn, _keys.WORKFLOWS):
+        if len(key) < 11 or key[-9:-8] != _keys.SEP or len(value) != U64.size:
+            problem("?", None, "index", f"malformed workflow entry {key!r}")
+            continue
         workflow = key[1:-9].decode("utf-8", "replace")
         seq, run_no = U64.unpack_from(key, len(key) - 8)[0], U64.unpack(value)[0]
         hdr = headers.get(run_no)
@@ -179,13 +209,17 @@ def verify(store: Store, txn: Txn, decode_header: Any) -> VerifyReport:
 
     # ---- children: one entry per child whose parent still exists
     listed: set[int] = set()
-    for key, _value in _scan(txn, _keys.CHILDREN):
+    for key, value in _scan(txn, _keys.CHILDREN):
+        if len(key) != 1 + 3 * U64.size:
+            problem("?", None, "index", f"malformed children entry {key!r}")
+            continue
         parent_no, parent_index, child_no = (U64.unpack_from(key, o)[0] for o in (1, 9, 17))
         child, parent = headers.get(child_no), headers.get(parent_no)
         if (
             child is None
             or parent is None
             or (child.parent_run_no, child.parent_index) != (parent_no, parent_index)
+            or value != child.run_id.encode()
         ):
             problem(ids.get(child_no, f"#{child_no}"), None, "index", "stale children entry")
         listed.add(child_no)
@@ -193,17 +227,35 @@ def verify(store: Store, txn: Txn, decode_header: Any) -> VerifyReport:
         if hdr.parent_run_no in headers and run_no not in listed:
             problem(hdr.run_id, None, "index", "fork missing from its parent's children")
 
+    # ---- the run-number counter, and keys in no table
+    raw = txn.get(_keys.META_NEXT_RUN_NO)
+    counter = U64.unpack(raw)[0] if raw is not None and len(raw) == U64.size else None
+    if segments and (counter is None or counter < max(segments)):
+        problem("?", None, "index", f"run-number counter {counter} below runs in use")
+    known = (_keys.META_FORMAT, _keys.META_NEXT_RUN_NO)
+    for key, _value in _scan(txn, b""):
+        tag = key[:1]
+        if (tag == _keys.META and key not in known) or tag not in _TAGS:
+            problem("?", None, "index", f"stray key {key[:40]!r}")
+
     return VerifyReport(runs=len(headers), records=records, problems=problems)
 
 
-def _scan(txn: Txn, tag: bytes) -> Any:
-    cur = txn.cursor()
-    if not cur.set_range(tag):
-        return
-    for key, value in cur:
-        if not key.startswith(tag):
-            return
-        yield key, value
+_TAGS = (_keys.META, _keys.IDS, _keys.SEGMENT, _keys.WORKFLOWS, _keys.RECENT, _keys.CHILDREN)
+
+
+def _gaps(indices: list[int], length: int) -> str:
+    """The first indices below ``length`` missing from ``indices`` (sorted)."""
+    missing: list[int] = []
+    expected = 0
+    for i in indices:
+        if i >= length or len(missing) >= 5:
+            break
+        missing.extend(range(expected, min(i, expected + 5 - len(missing))))
+        expected = i + 1
+    if len(missing) < 5 and expected < length:
+        missing.extend(range(expected, min(length, expected + 5 - len(missing))))
+    return f"; missing {missing}" if missing else ""
 
 
 def _ranges(indices: list[int]) -> str:

@@ -48,8 +48,9 @@ if TYPE_CHECKING:
 
 __all__ = ["DEFAULT_MAX_RECORD_SIZE", "AppendBatch", "Durability", "Store", "open"]
 
-#: Largest decoded payload a record may hold. Bounds memory on decode: a corrupt or
-#: hostile record can never make steplog allocate more than this.
+#: Largest decoded payload a record may hold. Bounds memory on decode: a record whose
+#: header or zstd frame claims more is refused before it is decompressed (a stream
+#: block's size is known only once decoded; a damaged one fails its checksum first).
 DEFAULT_MAX_RECORD_SIZE = 64 << 20
 #: Records decoded per read transaction while streaming history: keeps memory
 #: constant and lets a map resize slip in between chunks of a long replay.
@@ -243,20 +244,37 @@ class Store:
     # ------------------------------------------------------------------ helpers (in txn)
 
     def _header(self, txn: Txn, rid: bytes) -> _RunHeader | None:
-        """The header of the run named ``rid`` (UTF-8 id), or None."""
+        """The header of the run named ``rid`` (UTF-8 id), or None if there is no such
+        run; CorruptRecord if its id entry or header is damaged or missing."""
+        run_no = self._run_no(txn, rid)
+        if run_no is None:
+            return None
+        hdr = self._header_by_no(txn, run_no, rid.decode())
+        if hdr is None:
+            raise CorruptRecord(rid.decode(), -1, "run header missing (purge removes the run)")
+        return hdr
+
+    @staticmethod
+    def _run_no(txn: Txn, rid: bytes) -> int | None:
         raw = txn.get(_keys.id_key(rid))
         if raw is None:
             return None
-        return self._header_by_no(txn, U64.unpack(raw)[0], rid.decode())
+        if len(raw) != U64.size:
+            raise CorruptRecord(rid.decode(), -1, "id entry is not a run number")
+        run_no: int = U64.unpack(raw)[0]
+        return run_no
 
     def _header_by_no(self, txn: Txn, run_no: int, run_id: str = "?") -> _RunHeader | None:
         raw = txn.get(_keys.header_key(run_no))
         if raw is None:
             return None
         try:
-            return _HEADER_DECODER.decode(raw)
+            hdr = _HEADER_DECODER.decode(raw)
         except msgspec.DecodeError:
             raise CorruptRecord(run_id, -1, "run header does not decode") from None
+        if hdr.status != _NO_STATUS and hdr.status not in _record.CODE_STATUS:
+            raise CorruptRecord(run_id, -1, f"run header has unknown status {hdr.status}")
+        return hdr
 
     def _require(self, txn: Txn, rid: bytes) -> _RunHeader:
         hdr = self._header(txn, rid)
@@ -264,11 +282,21 @@ class Store:
             raise RunNotFound(rid.decode())
         return hdr
 
-    def _counter(self, txn: Txn, key: bytes) -> int:
-        raw = txn.get(key)
-        value = U64.unpack(raw)[0] + 1 if raw is not None else 1
-        txn.put(key, U64.pack(value))
-        return value
+    @staticmethod
+    def _next_run_no(txn: Txn) -> int:
+        """A run number never used: one past the counter, or past the greatest in use
+        should the counter be missing or damaged (never one that has records)."""
+        raw = txn.get(_keys.META_NEXT_RUN_NO)
+        last = U64.unpack(raw)[0] if raw is not None and len(raw) == U64.size else 0
+        cur = txn.cursor()
+        end = _keys.prefix_end(_keys.SEGMENT)
+        found = cur.prev() if end is not None and cur.set_range(end) else cur.last()
+        if found:
+            key = cur.key()
+            if key.startswith(_keys.SEGMENT) and len(key) >= 1 + U64.size:
+                last = max(last, U64.unpack_from(key, 1)[0])
+        txn.put(_keys.META_NEXT_RUN_NO, U64.pack(last + 1))
+        return last + 1
 
     def _raw_record(self, txn: Txn, hdr: _RunHeader, run_id: str, index: int) -> bytes:
         raw = txn.get(_keys.log_key(hdr.run_no, index))
@@ -697,7 +725,7 @@ class Store:
         if old is None:
             now = time.time_ns()
             hdr = _RunHeader(
-                run_no=self._counter(txn, _keys.META_NEXT_RUN_NO),
+                run_no=self._next_run_no(txn),
                 run_id=req.run_id,
                 workflow_id=req.workflow_id,
                 created_ns=now,
@@ -783,7 +811,7 @@ class Store:
             payload = self._encode(new_run_id, origin.node, origin.metadata, state)
             now = time.time_ns()
             hdr = _RunHeader(
-                run_no=self._counter(txn, _keys.META_NEXT_RUN_NO),
+                run_no=self._next_run_no(txn),
                 run_id=new_run_id,
                 workflow_id=workflow_id if wf is not None else parent.workflow_id,
                 created_ns=now,
@@ -875,7 +903,12 @@ class Store:
             for key, value in cur:
                 if not key.startswith(prefix):
                     break
-                out.append(value.decode())
+                try:
+                    out.append(value.decode())
+                except UnicodeDecodeError:
+                    raise CorruptRecord(
+                        f"#{run_no}", -1 if index is None else index, "children entry damaged"
+                    ) from None
         return out
 
     def purge(self, run_id: str) -> int:
@@ -890,7 +923,10 @@ class Store:
         )
 
     def _apply_purge(self, txn: Txn, batch: Batch, run_id: str, rid: bytes) -> int:
-        hdr = self._require(txn, rid)
+        try:
+            hdr = self._require(txn, rid)
+        except CorruptRecord:
+            return self._purge_damaged(txn, batch, run_id, rid)
         self._delete_prefix(txn, _keys.segment_prefix(hdr.run_no))
         self._delete_prefix(txn, _keys.child_prefix(hdr.run_no))
         if hdr.parent_run_no is not None and hdr.parent_index is not None:
@@ -901,6 +937,25 @@ class Store:
         txn.delete(_keys.id_key(rid))
         self._forget(batch, run_id, hdr.run_no)
         return hdr.length
+
+    def _purge_damaged(self, txn: Txn, batch: Batch, run_id: str, rid: bytes) -> int:
+        """Purge a run whose id entry or header is damaged or missing: its segment and
+        every index entry naming its number (found by scanning those indexes)."""
+        raw = txn.get(_keys.id_key(rid))
+        txn.delete(_keys.id_key(rid))
+        if raw is None or len(raw) != U64.size:
+            return 0
+        run_no = U64.unpack(raw)[0]
+        removed = sum(1 for _ in _prefix_keys(txn, _keys.log_prefix(run_no)))
+        self._delete_prefix(txn, _keys.segment_prefix(run_no))
+        self._delete_prefix(txn, _keys.child_prefix(run_no))
+        for table in (_keys.RECENT, _keys.WORKFLOWS, _keys.CHILDREN):
+            for key, value in list(_prefix_items(txn, table)):
+                named = key[-U64.size :] if table == _keys.CHILDREN else value
+                if named == raw:
+                    txn.delete(key)
+        self._forget(batch, run_id, run_no)
+        return removed
 
     def _forget(self, batch: Batch, run_id: str, run_no: int) -> None:
         """Drop a run's latest payload from the batch and, after commit, the cache."""
@@ -1040,7 +1095,15 @@ class Store:
         ok = cur.set_range(end) if end is not None else False
         ok = cur.prev() if ok else cur.last()
         while ok and cur.key().startswith(prefix):
-            hdr = self._header_by_no(txn, U64.unpack(cur.value())[0])
+            value = cur.value()
+            try:
+                hdr = (
+                    self._header_by_no(txn, U64.unpack(value)[0])
+                    if len(value) == U64.size
+                    else None
+                )
+            except CorruptRecord:
+                hdr = None  # a damaged run is left out; verify() reports it
             if hdr is not None:
                 yield hdr
             ok = cur.prev()
@@ -1124,7 +1187,7 @@ class Store:
                 lo: int = at,
                 hi: int = chunk_end,
                 carried: tuple[int, _record.Chain] | None = prev,
-            ) -> tuple[list[Checkpoint], tuple[int, _record.Chain] | None]:
+            ) -> tuple[list[Checkpoint], tuple[int, _record.Chain] | None, int | None]:
                 chain = _record.Chain()
                 if carried is not None:
                     seq, chain = carried
@@ -1133,35 +1196,45 @@ class Store:
                         _record.read_header(run_id, chain.index, raw_prev).seq != seq
                     ):
                         chain = _record.Chain()
-                cur = txn.cursor()
                 out: list[Checkpoint] = []
-                if not cur.set_key(_keys.log_key(hdr.run_no, lo)):
-                    return out, carried
+                # records up to the run's current length must all be there (it may
+                # have shrunk since the previous chunk: delete_latest, purge)
+                now = self._header_by_no(txn, hdr.run_no, run_id)
+                end = min(hi, now.length if now is not None else 0)
+                expected = lo
                 limit = self.max_record_size
                 seq = -1
-                for key, raw in cur:
-                    if len(key) != _keys.LOG_KEY_SIZE or not key.startswith(segment):
-                        break
-                    index = _keys.log_index(key)
-                    if index >= hi:
-                        break
-                    head = _record.read_header(run_id, index, raw)
-                    if chain.can_take(index, head):
-                        payload = chain.decode(run_id, index, raw, head, limit)
-                    else:
-                        chain = _record.Chain()
-                        start = index - head.depth
-                        decoded = self._walk(txn, hdr, run_id, chain, index, raw, head, start)
-                        assert decoded is not None
-                        payload = decoded
-                    seq = head.seq
-                    out.append(self._assemble(run_id, index, hdr, head, payload, type_))
-                return out, ((seq, chain) if out else carried)
+                cur = txn.cursor()
+                if expected < end and cur.set_key(_keys.log_key(hdr.run_no, lo)):
+                    for key, raw in cur:
+                        if len(key) != _keys.LOG_KEY_SIZE or not key.startswith(segment):
+                            break
+                        index = _keys.log_index(key)
+                        if index != expected or index >= end:
+                            break
+                        head = _record.read_header(run_id, index, raw)
+                        if chain.can_take(index, head):
+                            payload = chain.decode(run_id, index, raw, head, limit)
+                        else:
+                            chain = _record.Chain()
+                            start = self._keyframe_at_or_before(
+                                txn, hdr, run_id, index - head.depth, index
+                            )
+                            decoded = self._walk(txn, hdr, run_id, chain, index, raw, head, start)
+                            assert decoded is not None
+                            payload = decoded
+                        seq = head.seq
+                        out.append(self._assemble(run_id, index, hdr, head, payload, type_))
+                        expected += 1
+                gap = expected if expected < end else None
+                return out, ((seq, chain) if out else carried), gap
 
-            batch, prev = self._read(op)
+            batch, prev, gap = self._read(op)
+            yield from batch
+            if gap is not None:  # what came before it was yielded
+                raise CorruptRecord(run_id, gap, "record missing from a run's dense range")
             if not batch:
                 return
-            yield from batch
             at = batch[-1].index + 1
             if len(batch) < chunk_end - batch[0].index:
                 return
@@ -1349,6 +1422,21 @@ def _node_indices(
             break
         out.append(index)
     return out
+
+
+def _prefix_items(txn: Txn, prefix: bytes) -> Iterator[tuple[bytes, bytes]]:
+    cur = txn.cursor()
+    if not cur.set_range(prefix):
+        return
+    for key, value in cur:
+        if not key.startswith(prefix):
+            return
+        yield key, value
+
+
+def _prefix_keys(txn: Txn, prefix: bytes) -> Iterator[bytes]:
+    for key, _value in _prefix_items(txn, prefix):
+        yield key
 
 
 def _node_bound(prefix: bytes, below: str) -> bytes:
