@@ -373,3 +373,213 @@ def test_a_failed_group_commit_leaves_nothing_in_the_payload_cache(path: Path) -
         assert store.load("A", 2).state == y
         assert store.run("F") is None
         assert store.fork("A", 1, "F").state == {"v": "base " * 100 + "one"}
+
+
+# ---------------------------------------------------------------- interrupts
+
+
+def _recorder(writer: _writer.Writer, outcomes: dict[str, object]):  # type: ignore[no-untyped-def]
+    """call(name, op): submit ``op``, recording its result or the name of its error."""
+
+    def call(name: str, op) -> None:  # type: ignore[no-untyped-def]
+        try:
+            outcomes[name] = writer.submit(op)
+        except BaseException as exc:
+            outcomes[name] = type(exc).__name__
+
+    return call
+
+
+def _interrupt(thread: threading.Thread) -> None:
+    """Raise KeyboardInterrupt in ``thread`` (as a signal or a cancellation would)."""
+    import ctypes
+
+    ident = ctypes.c_ulong(thread.ident or 0)
+    ctypes.pythonapi.PyThreadState_SetAsyncExc(ident, ctypes.py_object(KeyboardInterrupt))
+
+
+def test_a_queued_caller_interrupted_leaves_the_queue_working(path: Path) -> None:
+    with steplog.open(path) as store:
+        writer, queued = store._writer, store._writer._queue
+        release = threading.Event()
+
+        def hold(txn, batch):  # type: ignore[no-untyped-def]
+            release.wait(10)
+
+        outcomes: dict[str, object] = {}
+
+        def call(name: str, fn) -> None:  # type: ignore[no-untyped-def]
+            try:
+                outcomes[name] = fn()
+            except BaseException as exc:
+                outcomes[name] = type(exc).__name__
+
+        leader = threading.Thread(target=call, args=("leader", lambda: writer.submit(hold)))
+        leader.start()
+        _wait_until(lambda: writer._leading and not queued)
+        victim = threading.Thread(target=call, args=("victim", lambda: store.append("v", 1)))
+        victim.start()
+        _wait_until(lambda: len(queued) == 1)
+        _interrupt(victim)
+        victim.join(10)
+        other = threading.Thread(target=call, args=("other", lambda: store.append("o", 1).index))
+        other.start()
+        release.set()
+        for t in (leader, other):
+            t.join(10)
+            assert not t.is_alive()
+        assert outcomes == {"leader": None, "victim": "KeyboardInterrupt", "other": 0}
+        assert store.run("v") is None and not writer._leading
+
+
+class _Env:
+    """An environment whose write transactions raise KeyboardInterrupt just after
+    their commit lands (where a signal handler would run)."""
+
+    def __init__(self, env: lmdb.Environment) -> None:
+        self._env = env
+
+    def begin(self, **kw):  # type: ignore[no-untyped-def]
+        parent = kw.get("parent")
+        if isinstance(parent, _Txn):
+            kw["parent"] = parent._txn
+        return _Txn(self._env.begin(**kw), interrupt=parent is None)
+
+    def __getattr__(self, name: str):  # type: ignore[no-untyped-def]
+        return getattr(self._env, name)
+
+
+class _Txn:
+    def __init__(self, txn: lmdb.Transaction, interrupt: bool) -> None:
+        self._txn, self._interrupt = txn, interrupt
+
+    def commit(self) -> None:
+        self._txn.commit()
+        if self._interrupt:
+            raise KeyboardInterrupt
+
+    def __getattr__(self, name: str):  # type: ignore[no-untyped-def]
+        return getattr(self._txn, name)
+
+
+def test_an_interrupt_after_the_commit_landed_tells_the_batch_it_succeeded(path: Path) -> None:
+    """The leader's thread gets the interrupt; every other caller of the batch learns
+    that its write is durable, as it is."""
+    from contextlib import contextmanager
+
+    env = lmdb.open(str(path), max_dbs=0)
+    sessions = [0]
+
+    @contextmanager
+    def session():  # type: ignore[no-untyped-def]
+        sessions[0] += 1
+        yield _Env(env) if sessions[0] == 2 else env  # the second batch's commit is hit
+
+    writer = _writer.Writer(session, lambda: None, lambda: None, lambda: None)
+    outcomes: dict[str, object] = {}
+
+    def put(key: bytes, wait: bool = False):  # type: ignore[no-untyped-def]
+        def op(txn, batch):  # type: ignore[no-untyped-def]
+            if wait:
+                _wait_until(lambda: len(writer._queue) >= 2)
+            txn.put(key, b"v")
+            return key
+
+        return op
+
+    call = _recorder(writer, outcomes)
+    threads = [threading.Thread(target=call, args=("a", put(b"a", wait=True)))]
+    threads[0].start()
+    _wait_until(lambda: writer._leading and not writer._queue)  # a's batch is running
+    for n, name in enumerate(("b", "c"), 1):  # they queue behind it: b will lead them
+        threads.append(threading.Thread(target=call, args=(name, put(name.encode()))))
+        threads[-1].start()
+        _wait_until(lambda n=n: len(writer._queue) >= n)  # type: ignore[misc]
+    for t in threads:
+        t.join(10)
+        assert not t.is_alive()
+    with env.begin() as txn:
+        assert [txn.get(k) for k in (b"a", b"b", b"c")] == [b"v"] * 3
+    assert outcomes == {"a": b"a", "b": "KeyboardInterrupt", "c": b"c"}
+    assert not writer._leading
+    env.close()
+
+
+def test_an_interrupted_exclusive_wait_does_not_leave_the_gate_shut() -> None:
+    from steplog._env import Gate
+
+    gate = Gate()
+    gate.enter()  # a reader inside
+    waiter = threading.Thread(target=lambda: _swallow(gate.acquire_exclusive))
+    waiter.start()
+    _wait_until(lambda: gate._exclusive)
+    _interrupt(waiter)  # delivered once the waiting thread runs again:
+    with gate._cond:
+        gate._cond.notify_all()  # a spurious wake-up, as a signal's would be
+    waiter.join(10)
+    assert not waiter.is_alive() and not gate._exclusive
+    gate.leave()
+    gate.enter()  # not blocked
+    gate.leave()
+
+
+def _swallow(fn) -> None:  # type: ignore[no-untyped-def]
+    try:
+        fn()
+    except KeyboardInterrupt:
+        pass
+
+
+def test_opening_a_store_while_its_last_handle_closes_waits_for_the_close(path: Path) -> None:
+    steplog.open(path).close()
+    errors: list[BaseException] = []
+
+    def churn() -> None:
+        for _ in range(300):
+            try:
+                with steplog.open(path) as store:
+                    store.run("r")
+            except BaseException as exc:
+                errors.append(exc)
+
+    threads = [threading.Thread(target=churn) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert errors == []
+
+
+def test_an_interrupt_in_an_after_commit_hook_still_wakes_the_whole_batch(path: Path) -> None:
+    with steplog.open(path) as store:
+        writer, queued = store._writer, store._writer._queue
+        outcomes: dict[str, object] = {}
+
+        def op(name: str, boom: bool = False, wait: int = 0):  # type: ignore[no-untyped-def]
+            def run(txn, batch):  # type: ignore[no-untyped-def]
+                _wait_until(lambda: len(queued) >= wait)
+                txn.put(name.encode(), b"v")
+                if boom:
+
+                    def hook() -> None:
+                        raise KeyboardInterrupt
+
+                    batch.after_commit.append(hook)
+                return name
+
+            return run
+
+        call = _recorder(writer, outcomes)
+        first = threading.Thread(target=call, args=("first", op("first", wait=3)))
+        first.start()
+        _wait_until(lambda: writer._leading and not queued)
+        rest = []
+        for n, name in enumerate(("boom", "x", "y"), 1):
+            rest.append(threading.Thread(target=call, args=(name, op(name, name == "boom"))))
+            rest[-1].start()
+            _wait_until(lambda n=n: len(queued) >= n)  # type: ignore[misc]
+        for t in [first, *rest]:
+            t.join(10)
+            assert not t.is_alive()
+        assert outcomes == {"first": "first", "boom": "KeyboardInterrupt", "x": "x", "y": "y"}
+        assert store.append("later", 1).index == 0

@@ -23,7 +23,7 @@ from pathlib import Path
 import lmdb
 
 from steplog import _cache, _env, _writer
-from steplog.errors import InvalidArgument, StoreClosed
+from steplog.errors import InvalidArgument, StorageError, StoreClosed
 
 
 class Engine:
@@ -89,27 +89,38 @@ class Engine:
 
 _lock = threading.Lock()
 _engines: dict[tuple[int, int], Engine] = {}
+#: Engines whose last handle is closing them (LMDB refuses to open an environment
+#: twice in one process, so an open of the same store waits for the close to finish).
+_closing: dict[tuple[int, int], threading.Event] = {}
 
 
 def acquire(
     path: Path, metasync: bool, map_size: int, max_map_size: int | None, cache_size: int
 ) -> Engine:
     """The engine of the store at ``path``, opening it if this process has not."""
-    with _lock:
-        _env.private_dir(path)
-        st = os.stat(path)
-        key = (st.st_dev, st.st_ino)
-        engine = _engines.get(key)
-        if engine is not None and engine.env is not None and not engine.forked:
-            if engine.metasync != metasync:
-                raise InvalidArgument(
-                    f"the store at {str(path)!r} is already open in this process with "
-                    "another durability; open it with the same one"
-                )
-        else:
-            engine = _engines[key] = Engine(path, metasync, map_size, max_map_size, cache_size)
-        engine.handles += 1
-        return engine
+    while True:
+        with _lock:
+            _env.private_dir(path)
+            try:
+                st = os.stat(path)
+            except OSError as exc:
+                raise StorageError(f"cannot open store at {str(path)!r}: {exc}") from exc
+            key = (st.st_dev, st.st_ino)
+            closing = _closing.get(key)
+            if closing is None:
+                engine = _engines.get(key)
+                if engine is not None and engine.env is not None and not engine.forked:
+                    if engine.metasync != metasync:
+                        raise InvalidArgument(
+                            f"the store at {str(path)!r} is already open in this process "
+                            "with another durability; open it with the same one"
+                        )
+                else:
+                    engine = Engine(path, metasync, map_size, max_map_size, cache_size)
+                    _engines[key] = engine
+                engine.handles += 1
+                return engine
+        closing.wait()
 
 
 def release(engine: Engine) -> None:
@@ -118,11 +129,21 @@ def release(engine: Engine) -> None:
         engine.handles -= 1
         if engine.handles > 0:
             return
-        for key, known in list(_engines.items()):
-            if known is engine:
-                del _engines[key]
-    if not engine.forked:
-        engine.close()
+        keys = [key for key, known in _engines.items() if known is engine]
+        for key in keys:
+            del _engines[key]
+        done = threading.Event()
+        for key in keys:
+            _closing[key] = done
+    try:
+        if not engine.forked:
+            engine.close()
+    finally:
+        with _lock:
+            for key in keys:
+                if _closing.get(key) is done:
+                    del _closing[key]
+        done.set()
 
 
 def _before_fork() -> None:
@@ -151,6 +172,9 @@ def _after_fork_in_child() -> None:
                 pass
         engine.gate.release_exclusive()
     _engines.clear()
+    for done in _closing.values():  # their closing threads were not forked
+        done.set()
+    _closing.clear()
     _lock.release()
 
 

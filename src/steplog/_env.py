@@ -73,8 +73,13 @@ class Gate:
             while self._exclusive:
                 self._cond.wait()
             self._exclusive = True
-            while self._active:
-                self._cond.wait()
+            try:
+                while self._active:
+                    self._cond.wait()
+            except BaseException:  # interrupted while waiting: do not leave the gate shut
+                self._exclusive = False
+                self._cond.notify_all()
+                raise
 
     def release_exclusive(self) -> None:
         with self._cond:

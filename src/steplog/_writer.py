@@ -135,31 +135,63 @@ class Writer:
             lead = not self._leading
             self._leading = True
         if not lead:
-            mine.done.acquire()  # released when committed, or when made leader
+            try:
+                mine.done.acquire()  # released when committed, or when made leader
+            except BaseException:  # an interrupt: never leave the queue without a leader
+                self._withdraw(mine)
+                raise
             if not mine.promoted:
                 return _outcome(mine)
-        while True:
-            with self._mutex:
-                batch = [self._queue.popleft() for _ in range(min(len(self._queue), MAX_BATCH))]
-                asleep, self._deferred = self._deferred, []
-            self._commit(batch, asleep)
-            callers = [p for p in batch if p is not mine]
-            if mine.promoted or mine in batch:
-                break
-            with self._mutex:
-                self._deferred = callers
+        callers: list[_Pending[Any]] = []
+        interrupt: BaseException | None = None
+        try:
+            while True:
+                with self._mutex:
+                    count = min(len(self._queue), MAX_BATCH)
+                    batch = [self._queue.popleft() for _ in range(count)]
+                    asleep, self._deferred = self._deferred, []
+                interrupt = self._commit(batch, asleep, mine) or interrupt
+                callers = [p for p in batch if p is not mine]
+                if mine.promoted or mine in batch:
+                    break
+                with self._mutex:
+                    self._deferred = callers
+                callers = []
+        finally:  # also when leaving by an interrupt: the queue must not lose its leader
+            self._hand_off(callers)
+        if interrupt is not None:
+            raise interrupt  # this thread's interrupt, after its batch's outcome was settled
+        return _outcome(mine)
+
+    def _hand_off(self, callers: list[_Pending[Any]]) -> None:
+        """The leader is done: pass the role to the first queued caller, who wakes
+        ``callers`` (this batch's) after running its own batch; or, with nobody queued,
+        stop leading and wake them now."""
         with self._mutex:
             if self._queue:
-                self._deferred = callers  # the successor wakes them
+                self._deferred = self._deferred + callers  # the successor wakes them
                 callers = []
                 successor = self._queue[0]
                 successor.promoted = True
                 successor.done.release()
             else:
                 self._leading = False
+                callers = self._deferred + callers
+                self._deferred = []
                 self._mutex.notify_all()
         _wake(callers)
-        return _outcome(mine)
+
+    def _withdraw(self, mine: _Pending[Any]) -> None:
+        """A queued caller leaves by an exception (KeyboardInterrupt, a cancellation):
+        take its operation out of the queue, and if it had just been made leader, pass
+        that role on. (Taken into a running batch already, its operation may still
+        commit, as with any interrupted write.)"""
+        with self._mutex:
+            if mine in self._queue:
+                self._queue.remove(mine)
+            if not mine.promoted:
+                return
+        self._hand_off([])
 
     def close(self) -> None:
         """Refuse new writes and wait until queued ones have committed."""
@@ -168,15 +200,20 @@ class Writer:
             while self._leading:
                 self._mutex.wait()
 
-    def _commit(self, batch: list[_Pending[Any]], asleep: list[_Pending[Any]]) -> None:
+    def _commit(
+        self, batch: list[_Pending[Any]], asleep: list[_Pending[Any]], mine: _Pending[Any]
+    ) -> BaseException | None:
         """Run and commit ``batch``, waking ``asleep`` (callers of the previous, already
-        durable batch) before the flush, or at the end whatever happens."""
+        durable batch) before the flush, or at the end whatever happens. Returns an
+        interrupt (KeyboardInterrupt, ...) that reached this leader thread after its
+        commit had landed: the batch succeeded, and the leader re-raises it later."""
         live = batch
+        interrupt = None
         try:
             while True:
                 try:
                     committed = self.commits
-                    self._attempt(live, asleep)
+                    interrupt = self._attempt(live, asleep)
                     if self.commits != committed and self.commits % READER_CHECK_EVERY == 0:
                         self._tidy()
                     break
@@ -193,16 +230,31 @@ class Writer:
             failure = StorageError(f"commit failed, nothing of this batch was written: {exc}")
             for p in live:
                 p.error = p.error or failure
-        except BaseException as exc:  # StorageError from map growth, or a bug: fail the batch
+        except Exception as exc:  # StorageError from map growth, or a bug: fail the batch
             for p in live:
                 p.error = p.error or exc
+        except BaseException as exc:  # an interrupt of this thread before the commit landed
+            gone = StorageError(
+                f"the commit was interrupted ({type(exc).__name__}); nothing of this batch "
+                "was written"
+            )
+            for p in live:
+                p.error = p.error or (exc if p is mine else gone)
         _wake(asleep)
         for p in batch:
             if p.error is None:
                 for hook in p.hooks:
-                    hook()
+                    try:
+                        hook()  # cache updates: best effort, the write is durable already
+                    except Exception:  # noqa: S110
+                        pass
+                    except BaseException as exc:  # an interrupt: re-raised once all is settled
+                        interrupt = interrupt or exc
+        return interrupt
 
-    def _attempt(self, batch: list[_Pending[Any]], asleep: list[_Pending[Any]]) -> None:
+    def _attempt(
+        self, batch: list[_Pending[Any]], asleep: list[_Pending[Any]]
+    ) -> BaseException | None:
         # A lone operation needs no nested transaction: if it fails, aborting the
         # whole transaction is the same as rolling back just it.
         nested = len(batch) > 1
@@ -234,11 +286,22 @@ class Writer:
                     p.hooks = shared.after_commit[mark:]
                 if not nested and batch[0].error is not None:
                     txn.abort()
-                    return
+                    return None
                 _wake(asleep)  # they run while this commit waits on the disk
-                txn.commit()
+                txn_id = txn.id()
+                interrupt = None
+                try:
+                    txn.commit()
+                except BaseException as exc:
+                    # An interrupt (a signal handler runs as soon as commit returns)
+                    # may arrive after the commit landed: then the batch is durable,
+                    # and its callers must hear so. LMDB's last committed id tells.
+                    if isinstance(exc, Exception) or env.info()["last_txnid"] < txn_id:
+                        raise
+                    interrupt = exc
                 self.commits += 1
                 self.committed_ops += sum(1 for p in batch if p.error is None)
+                return interrupt
             except BaseException:
                 txn.abort()
                 raise
