@@ -397,3 +397,19 @@ def test_a_checkpoint_put_as_its_own_parent_reads_lists_and_prunes(saver: StepLo
         assert results[key].checkpoint["channel_values"] == expected.checkpoint["channel_values"]
         assert results[key].parent_config == expected.parent_config
     assert len(results["list"]) == 1
+
+
+def test_tuples_read_again_are_fresh_objects(saver: StepLogSaver) -> None:
+    """Reads of a thread's latest checkpoint reuse its decoded record; what they hand
+    out must still be the caller's own to change."""
+    config = saver.put(_cfg("t"), _cp(1, {"x": [1, 2]}), {"step": 1}, {"x": 1})
+    saver.put_writes(config, [("x", [3])], "task")
+    first = saver.get_tuple(_cfg("t"))
+    assert first is not None
+    first.checkpoint["channel_values"]["x"].append(99)
+    first.metadata["step"] = -1
+    first.pending_writes[0][2].append(99)
+    again = saver.get_tuple(_cfg("t"))
+    assert again is not None
+    assert again.checkpoint["channel_values"] == {"x": [1, 2]}
+    assert again.metadata["step"] == 1 and again.pending_writes[0][2] == [3]

@@ -11,7 +11,9 @@ import enum
 import itertools
 import os
 import sys
+import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import asdict, is_dataclass
@@ -1552,5 +1554,36 @@ class _View:
         if payload is None:
             head, payload = store._payload(self._txn, hdr, run_id, at)
             store._cache_if_latest(run_id, hdr, at, head, payload)
+            node, _metadata, state = _record.decode_payload(run_id, at, payload)
+            return node, state
+        return _DECODED.get(run_id, at, payload)
+
+
+class _Decoded:
+    """The decoded states of the few payloads most recently read from the cache through
+    a ``_View`` (a LangGraph thread's latest checkpoint and its writes, read again and
+    again), keyed by the payload object itself: its callers only read the states.
+    Saves decoding a large payload (a long conversation) on every get_tuple."""
+
+    SIZE = 32
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._entries: OrderedDict[int, tuple[bytes, str | None, Any]] = OrderedDict()
+
+    def get(self, run_id: str, at: int, payload: bytes) -> tuple[str | None, Any]:
+        key = id(payload)  # stable while the entry holds the payload
+        with self._lock:
+            hit = self._entries.get(key)
+            if hit is not None and hit[0] is payload:
+                self._entries.move_to_end(key)
+                return hit[1], hit[2]
         node, _metadata, state = _record.decode_payload(run_id, at, payload)
+        with self._lock:
+            self._entries[key] = (payload, node, state)
+            if len(self._entries) > self.SIZE:
+                self._entries.popitem(last=False)
         return node, state
+
+
+_DECODED = _Decoded()
