@@ -583,3 +583,24 @@ def test_an_interrupt_in_an_after_commit_hook_still_wakes_the_whole_batch(path: 
             assert not t.is_alive()
         assert outcomes == {"first": "first", "boom": "KeyboardInterrupt", "x": "x", "y": "y"}
         assert store.append("later", 1).index == 0
+
+
+def test_an_interrupt_as_the_write_transaction_starts_aborts_it(
+    path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A write transaction left open would make LMDB refuse every later one."""
+    real = _writer.Batch.__init__
+    hits = [0]
+
+    def interrupted(self, txn_id: int) -> None:  # type: ignore[no-untyped-def]
+        hits[0] += 1
+        if hits[0] == 1:
+            raise KeyboardInterrupt
+        real(self, txn_id)
+
+    with steplog.open(path) as store:
+        monkeypatch.setattr(_writer.Batch, "__init__", interrupted)
+        with pytest.raises(KeyboardInterrupt):
+            store.append("r", 1)
+        assert store.append("r", 2).index == 0
+        assert store.load("r").state == 2

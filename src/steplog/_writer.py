@@ -260,9 +260,9 @@ class Writer:
         nested = len(batch) > 1
         with self._session() as env:
             txn = env.begin(write=True)
-            shared = Batch(txn.id())
-            started = time.perf_counter()
-            try:
+            try:  # from here on, whatever raises (an interrupt too) aborts the transaction
+                shared = Batch(txn.id())
+                started = time.perf_counter()
                 for p in batch:
                     if asleep and (p.heavy or time.perf_counter() - started > WAKE_AFTER):
                         _wake(asleep)  # a long batch: do not hold durable callers back
