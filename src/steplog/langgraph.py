@@ -126,6 +126,10 @@ def _latest_of(view: _View, run: str, legacy: bool = True) -> tuple[str, Any, li
     return None
 
 
+def _versions_and_values(checkpoint: Any) -> tuple[ChannelVersions, dict[str, Any]]:
+    return checkpoint.get("channel_versions", {}), checkpoint.get("channel_values", {})
+
+
 def _is_snapshot(value: Any) -> bool:
     """Whether a stored channel value is a DeltaChannel's snapshot."""
     return _SNAPSHOT is not None and isinstance(value, _SNAPSHOT)
@@ -242,7 +246,7 @@ class StepLogSaver(
 
     def _tuple(self, thread_id: str, ns: str, state: Any, writes: list[Any]) -> CheckpointTuple:
         """The tuple of a checkpoint record's state and its pending-writes states."""
-        checkpoint: Checkpoint = self.serde.loads_typed((state["c"][0], state["c"][1]))
+        checkpoint: Checkpoint = self._blob(state, "c")
         versions = checkpoint.get("channel_versions", {})
         values = {k: v for k, v in checkpoint.get("channel_values", {}).items() if k in versions}
         missing = [k for k in versions if k not in values]
@@ -257,7 +261,7 @@ class StepLogSaver(
                 "configurable": {"thread_id": thread_id, "checkpoint_ns": ns, "checkpoint_id": cid}
             },
             checkpoint=checkpoint,
-            metadata=self.serde.loads_typed((state["m"][0], state["m"][1])),
+            metadata=self._blob(state, "m"),
             parent_config=(
                 {
                     "configurable": {
@@ -282,10 +286,13 @@ class StepLogSaver(
 
         return lookup
 
+    def _blob(self, state: Any, field: str) -> Any:
+        """A checkpoint record's checkpoint (``"c"``) or metadata (``"m"``), deserialised."""
+        return self.serde.loads_typed((state[field][0], state[field][1]))
+
     def _values(self, state: Any) -> tuple[ChannelVersions, dict[str, Any]]:
         """A checkpoint record's channel versions and the channel values stored in it."""
-        checkpoint = self.serde.loads_typed((state["c"][0], state["c"][1]))
-        return checkpoint.get("channel_versions", {}), checkpoint.get("channel_values", {})
+        return _versions_and_values(self._blob(state, "c"))
 
     def _carried_values(
         self,
@@ -426,7 +433,7 @@ class StepLogSaver(
                 if before_id is not None and node is not None and node >= before_id:
                     continue
                 if filter:
-                    metadata = self.serde.loads_typed((state["m"][0], state["m"][1]))
+                    metadata = self._blob(state, "m")
                     if not all(metadata.get(k) == v for k, v in filter.items()):
                         continue
                 yield self._tuple(thread_id, ns, state, writes)
@@ -504,8 +511,7 @@ class StepLogSaver(
             return {
                 cid
                 for cid, state in newest.items()
-                if self.serde.loads_typed((state["m"][0], state["m"][1])).get("run_id")
-                not in doomed
+                if self._blob(state, "m").get("run_id") not in doomed
             }
 
         for thread_id in self._threads():
@@ -536,7 +542,7 @@ class StepLogSaver(
         for state in newest.values():
             values = self._values(state)[1]
             delta.update(k for k, v in values.items() if _is_snapshot(v))
-            metadata = self.serde.loads_typed((state["m"][0], state["m"][1]))
+            metadata = self._blob(state, "m")
             delta.update(metadata.get("counters_since_delta_snapshot") or ())
         latest = max(newest)
         keep = {latest}
@@ -577,13 +583,13 @@ class StepLogSaver(
         rewritten = {}
         for cid in kept:
             state = newest[cid]
-            versions, values = self._values(state)
+            checkpoint = self._blob(state, "c")
+            versions, values = _versions_and_values(checkpoint)
             missing = [k for k in versions if k not in values]
             if not missing:
                 continue
             now = self._carried_values(newest.get, state["p"], versions, missing)
             if now != self._carried_values(remaining.get, state["p"], versions, missing):
-                checkpoint = self.serde.loads_typed((state["c"][0], state["c"][1]))
                 full = {**checkpoint, "channel_values": {**values, **now}}
                 rewritten[cid] = {**state, "c": list(self.serde.dumps_typed(full))}
         older = self._all(w_run)

@@ -898,19 +898,14 @@ class Store:
         return self._write(op)
 
     def _children_at(self, txn: Txn, run_no: int, index: int | None) -> list[str]:
-        prefix = _keys.child_prefix(run_no, index)
-        cur = txn.cursor()
         out: list[str] = []
-        if cur.set_range(prefix):
-            for key, value in cur:
-                if not key.startswith(prefix):
-                    break
-                try:
-                    out.append(value.decode())
-                except UnicodeDecodeError:
-                    raise CorruptRecord(
-                        f"#{run_no}", -1 if index is None else index, "children entry damaged"
-                    ) from None
+        for _key, value in _prefix_items(txn, _keys.child_prefix(run_no, index)):
+            try:
+                out.append(value.decode())
+            except UnicodeDecodeError:
+                raise CorruptRecord(
+                    f"#{run_no}", -1 if index is None else index, "children entry damaged"
+                ) from None
         return out
 
     def purge(self, run_id: str) -> int:
@@ -948,7 +943,7 @@ class Store:
         if raw is None or len(raw) != U64.size:
             return 0
         run_no = U64.unpack(raw)[0]
-        removed = sum(1 for _ in _prefix_keys(txn, _keys.log_prefix(run_no)))
+        removed = sum(1 for _ in _prefix_items(txn, _keys.log_prefix(run_no)))
         self._delete_prefix(txn, _keys.segment_prefix(run_no))
         self._delete_prefix(txn, _keys.child_prefix(run_no))
         for table in (_keys.RECENT, _keys.WORKFLOWS, _keys.CHILDREN):
@@ -1436,11 +1431,6 @@ def _prefix_items(txn: Txn, prefix: bytes) -> Iterator[tuple[bytes, bytes]]:
         yield key, value
 
 
-def _prefix_keys(txn: Txn, prefix: bytes) -> Iterator[bytes]:
-    for key, _value in _prefix_items(txn, prefix):
-        yield key
-
-
 def _node_bound(prefix: bytes, below: str) -> bytes:
     """A key (under ``prefix``) above the node entries of every node below ``below``
     and under all others, for any str. Nodes hold no NUL and at most MAX_ID_BYTES, so
@@ -1540,13 +1530,6 @@ class _View:
         for _node, indices in out:
             indices.reverse()
         return out
-
-    def states(self, run_id: str, indices: list[int]) -> list[Any]:
-        """The states of the run's checkpoints at ``indices``."""
-        hdr = self._header(run_id)
-        if hdr is None:
-            return []
-        return [self._state(run_id, hdr, at)[1] for at in indices if at < hdr.length]
 
     def _state(self, run_id: str, hdr: _RunHeader, at: int) -> tuple[str | None, Any]:
         store = self._store
