@@ -4,6 +4,7 @@ can be purged."""
 
 from __future__ import annotations
 
+import tracemalloc
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -13,7 +14,7 @@ import msgspec
 import pytest
 
 import steplog
-from steplog import _keys
+from steplog import _keys, _record
 from steplog._keys import U64
 from steplog.store import _HEADER_DECODER, _HEADER_ENCODER
 
@@ -156,3 +157,47 @@ def test_verify_finds_index_entries_that_name_the_wrong_run(tmp_path: Path) -> N
         details = [p.detail for p in store.verify().problems]
         assert any("names run #1" in d for d in details)
         assert any("stale children entry" in d for d in details)
+
+
+def test_a_stream_record_that_inflates_past_its_declared_length_is_refused_early(
+    tmp_path: Path,
+) -> None:
+    """A record with a valid checksum whose zstd blocks expand far beyond its declared
+    length (a decompression bomb: 3-byte RLE blocks each worth a whole window) is
+    CorruptRecord, found before more than about one block beyond the declared length
+    is ever inflated."""
+    path = tmp_path / "s"
+    state = {"text": "steplog " * 200}
+    with steplog.open(path) as store:
+        store.append("r1", state)
+        store.append("r1", {**state, "more": 1})
+    env = lmdb.open(str(path))
+    with env.begin(write=True) as txn:
+        first = _record.read_header("r1", 0, txn.get(_keys.log_key(1, 0)))
+        assert first.codec == _record.CODEC_STREAM_START  # the chain under attack
+        old = _record.read_header("r1", 1, txn.get(_keys.log_key(1, 1)))
+        assert old.codec == _record.CODEC_STREAM_NEXT
+        block = 1 << _record.stream_window_log(first.raw_len)
+        rle = ((block << 3) | (1 << 1)).to_bytes(3, "little") + b"x"  # type 1: RLE
+        bomb = _record.Body(_record.CODEC_STREAM_NEXT, rle * 4000, 1, old.raw_len)
+        txn.put(
+            _keys.log_key(1, 1),
+            _record.frame(bomb, seq=old.seq, created_ns=old.created_ns, status=old.status),
+        )
+    env.close()
+    assert 4000 * block > 100_000_000  # what an unbounded decoder would allocate
+    with steplog.open(path) as store:
+        tracemalloc.start()
+        try:
+            with pytest.raises(steplog.CorruptRecord):
+                store.load("r1")
+            with pytest.raises(steplog.CorruptRecord):
+                store.load("r1", 1)
+            with pytest.raises(steplog.CorruptRecord):
+                list(store.history("r1"))
+            assert not store.verify().ok
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+        assert peak < 10 * block + 5_000_000
+        assert store.load("r1", 0).state == state  # the record before it still reads

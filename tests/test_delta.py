@@ -571,3 +571,30 @@ def test_an_entry_too_large_to_cache_still_evicts_the_runs_old_entry() -> None:
     cache.put("r", Latest(0, 1, 0, b"x" * 100))
     cache.put("r", Latest(1, 2, 1, b"y" * 5000))  # over the per-entry budget: not kept
     assert cache.get("r") is None
+
+
+def test_stream_records_of_several_zstd_blocks_read_back_exactly(path: Path) -> None:
+    """Payloads over one zstd block (128 KiB) make stream records of several blocks,
+    which a read inflates block by block."""
+    rng = random.Random(5)
+    words = [
+        "".join(rng.choice("abcdefghij") for _ in range(rng.randrange(3, 9))) for _ in range(3000)
+    ]
+    text = " ".join(rng.choice(words) for _ in range(40000))
+    states = []
+    for i in range(4):
+        text += " ".join(rng.choice(words) for _ in range(2000))
+        states.append({"i": i, "text": text})
+    assert len(_record.encode_payload("r", None, {}, states[0])) > 2 * 128 * 1024
+    with steplog.open(path) as store:
+        for st in states:
+            store.append("r", st)
+    env = lmdb.open(str(path), readonly=True, lock=False)
+    with env.begin() as txn:
+        codecs = [txn.get(_keys.log_key(1, i))[1] for i in range(4)]
+    env.close()
+    assert codecs == [_record.CODEC_STREAM_START] + [_record.CODEC_STREAM_NEXT] * 3
+    with steplog.open(path, cache_size=0) as store:
+        assert [c.state for c in store.history("r")] == states
+        assert [store.load("r", i).state for i in range(4)] == states
+        assert store.verify().ok

@@ -565,7 +565,7 @@ class Chain:
                 payload = bytes(body)
             elif codec in (CODEC_STREAM_START, CODEC_STREAM_NEXT):
                 dobj = self._dobj if codec == CODEC_STREAM_NEXT else _stream_decompressor()
-                payload = dobj.decompress(body)
+                payload = _inflate_blocks(dobj, body, codec == CODEC_STREAM_START, header.raw_len)
             else:
                 if zstandard.frame_content_size(body) != header.raw_len:
                     raise CorruptRecord(
@@ -591,6 +591,35 @@ class Chain:
         depth = 0 if codec in _KEYFRAME_CODECS else self.depth + 1
         self.index, self.payload, self.depth, self._dobj = index, payload, depth, dobj
         return payload
+
+
+def _inflate_blocks(dobj: Any, body: memoryview, start: bool, limit: int) -> bytes:
+    """Inflate a stream record's body block by block, refusing it (ZstdError) once its
+    output passes ``limit`` bytes. A stream block carries no content size, and one
+    3-byte zstd block header can stand for a whole window of output (an RLE block), so
+    a record whose checksum is valid could otherwise inflate to thousands of times its
+    declared length; this way at most one block (<= 128 KiB) beyond it is produced."""
+    at = zstandard.frame_header_size(body) if start else 0
+    end = len(body)
+    if end - at >= 3:  # the usual case: a single block, inflated in one call
+        head = int.from_bytes(body[at : at + 3], "little")
+        if at + 3 + (1 if (head >> 1) & 3 == 1 else head >> 3) == end:
+            return bytes(dobj.decompress(body))
+    pieces = []
+    total = 0
+    cut = 0
+    while at < end:
+        if end - at < 3:
+            raise zstandard.ZstdError("truncated block header")
+        head = int.from_bytes(body[at : at + 3], "little")
+        at += 3 + (1 if (head >> 1) & 3 == 1 else head >> 3)
+        piece = dobj.decompress(body[cut:at])
+        cut = at
+        total += len(piece)
+        if total > limit:
+            raise zstandard.ZstdError(f"blocks inflate to more than the declared {limit} bytes")
+        pieces.append(piece)
+    return b"".join(pieces)
 
 
 def _stream_decompressor() -> Any:
