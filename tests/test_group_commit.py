@@ -604,3 +604,54 @@ def test_an_interrupt_as_the_write_transaction_starts_aborts_it(
             store.append("r", 1)
         assert store.append("r", 2).index == 0
         assert store.load("r").state == 2
+
+
+def test_a_leader_interrupted_before_it_takes_its_batch_hands_the_queue_on(path: Path) -> None:
+    """An interrupt landing between a caller's becoming leader and its taking the
+    queued batch (a window of plain Python lines) must not strand the callers queued
+    behind it, nor close()."""
+    import inspect
+    import sys
+
+    source, first = inspect.getsourcelines(_writer.Writer.submit)
+    line = first + next(i for i, s in enumerate(source) if "count = min(" in s)
+    with steplog.open(path) as store:
+        writer = store._writer
+        outcomes: dict[str, object] = {}
+        call = _recorder(writer, outcomes)
+
+        def op(name: str):  # type: ignore[no-untyped-def]
+            return lambda txn, batch: name
+
+        def tracer(frame, event, arg):  # type: ignore[no-untyped-def]
+            return local if frame.f_code is _writer.Writer.submit.__code__ else None
+
+        def local(frame, event, arg):  # type: ignore[no-untyped-def]
+            if event == "line" and frame.f_lineno == line:
+                sys.settrace(None)
+                deadline = time.monotonic() + 5
+                while len(writer._queue) < 3 and time.monotonic() < deadline:
+                    time.sleep(0.001)  # the others queue up behind this leader
+                raise KeyboardInterrupt
+            return local
+
+        def leader() -> None:
+            sys.settrace(tracer)
+            try:
+                call("a", op("a"))
+            finally:
+                sys.settrace(None)
+
+        a = threading.Thread(target=leader)
+        a.start()
+        while not writer._leading:
+            time.sleep(0.001)
+        others = [threading.Thread(target=call, args=(n, op(n))) for n in "bc"]
+        for t in others:
+            t.start()
+        for t in [a, *others]:
+            t.join(10)
+        assert not any(t.is_alive() for t in [a, *others])
+        assert outcomes == {"a": "KeyboardInterrupt", "b": "b", "c": "c"}
+        store.append("r", 1)  # the queue still works
+    assert not writer._leading

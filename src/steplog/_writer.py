@@ -128,23 +128,26 @@ class Writer:
         ``heavy``: the op may run long (a purge, a large batch), so callers of the
         previous batch are woken before it rather than after it."""
         mine: _Pending[T] = _Pending(op, heavy)
-        with self._mutex:
-            if self._closing:
-                raise StoreClosed("the store is closed")
-            self._queue.append(mine)
-            lead = not self._leading
-            self._leading = True
-        if not lead:
-            try:
-                mine.done.acquire()  # released when committed, or when made leader
-            except BaseException:  # an interrupt: never leave the queue without a leader
-                self._withdraw(mine)
-                raise
-            if not mine.promoted:
-                return _outcome(mine)
+        lead = False
         callers: list[_Pending[Any]] = []
         interrupt: BaseException | None = None
-        try:
+        try:  # from here on, leaving as leader (by an interrupt too) hands the role on
+            with self._mutex:
+                if self._closing:
+                    raise StoreClosed("the store is closed")
+                self._queue.append(mine)
+                lead = not self._leading
+                self._leading = True
+            if not lead:
+                try:
+                    mine.done.acquire()  # released when committed, or when made leader
+                except BaseException:  # an interrupt: take the op out of the queue
+                    with self._mutex:
+                        if mine in self._queue:
+                            self._queue.remove(mine)
+                    raise  # if it had just been made leader, the finally passes that on
+                if not mine.promoted:
+                    return _outcome(mine)
             while True:
                 with self._mutex:
                     count = min(len(self._queue), MAX_BATCH)
@@ -157,17 +160,21 @@ class Writer:
                 with self._mutex:
                     self._deferred = callers
                 callers = []
-        finally:  # also when leaving by an interrupt: the queue must not lose its leader
-            self._hand_off(callers)
+        finally:  # the queue must not lose its leader
+            if lead or mine.promoted:
+                self._hand_off(callers, mine)
         if interrupt is not None:
             raise interrupt  # this thread's interrupt, after its batch's outcome was settled
         return _outcome(mine)
 
-    def _hand_off(self, callers: list[_Pending[Any]]) -> None:
-        """The leader is done: pass the role to the first queued caller, who wakes
-        ``callers`` (this batch's) after running its own batch; or, with nobody queued,
-        stop leading and wake them now."""
+    def _hand_off(self, callers: list[_Pending[Any]], leaving: _Pending[Any]) -> None:
+        """The leader (whose own operation is ``leaving``) is done: pass the role to the
+        first queued caller, who wakes ``callers`` (this batch's) after running its own
+        batch; or, with nobody queued, stop leading and wake them now. (A leader leaving
+        by an interrupt before it took its batch takes its own op out of the queue.)"""
         with self._mutex:
+            if leaving in self._queue:
+                self._queue.remove(leaving)
             if self._queue:
                 self._deferred = self._deferred + callers  # the successor wakes them
                 callers = []
@@ -180,18 +187,6 @@ class Writer:
                 self._deferred = []
                 self._mutex.notify_all()
         _wake(callers)
-
-    def _withdraw(self, mine: _Pending[Any]) -> None:
-        """A queued caller leaves by an exception (KeyboardInterrupt, a cancellation):
-        take its operation out of the queue, and if it had just been made leader, pass
-        that role on. (Taken into a running batch already, its operation may still
-        commit, as with any interrupted write.)"""
-        with self._mutex:
-            if mine in self._queue:
-                self._queue.remove(mine)
-            if not mine.promoted:
-                return
-        self._hand_off([])
 
     def close(self) -> None:
         """Refuse new writes and wait until queued ones have committed."""
