@@ -601,18 +601,13 @@ def _inflate_blocks(dobj: Any, body: memoryview, start: bool, limit: int) -> byt
     declared length; this way at most one block (<= 128 KiB) beyond it is produced."""
     at = zstandard.frame_header_size(body) if start else 0
     end = len(body)
-    if end - at >= 3:  # the usual case: a single block, inflated in one call
-        head = int.from_bytes(body[at : at + 3], "little")
-        if at + 3 + (1 if (head >> 1) & 3 == 1 else head >> 3) == end:
-            return bytes(dobj.decompress(body))
+    if _block_end(body, at) == end:  # the usual case: one block, inflated in one call
+        return bytes(dobj.decompress(body))
     pieces = []
     total = 0
     cut = 0
     while at < end:
-        if end - at < 3:
-            raise zstandard.ZstdError("truncated block header")
-        head = int.from_bytes(body[at : at + 3], "little")
-        at += 3 + (1 if (head >> 1) & 3 == 1 else head >> 3)
+        at = _block_end(body, at)
         piece = dobj.decompress(body[cut:at])
         cut = at
         total += len(piece)
@@ -620,6 +615,15 @@ def _inflate_blocks(dobj: Any, body: memoryview, start: bool, limit: int) -> byt
             raise zstandard.ZstdError(f"blocks inflate to more than the declared {limit} bytes")
         pieces.append(piece)
     return b"".join(pieces)
+
+
+def _block_end(body: memoryview, at: int) -> int:
+    """Where the zstd block whose 3-byte header starts at ``at`` ends (an RLE block's
+    content is one byte, a raw or compressed block's is its size)."""
+    if len(body) - at < 3:
+        raise zstandard.ZstdError("truncated block header")
+    head = int.from_bytes(body[at : at + 3], "little")
+    return at + 3 + (1 if (head >> 1) & 3 == 1 else head >> 3)
 
 
 def _stream_decompressor() -> Any:
