@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+import random
 import stat
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -383,3 +385,46 @@ def test_the_inspection_commands_read_and_never_create_a_store(
     assert cli.main(["history", "r", "--path", str(tmp_path / "s")]) == 0
     out = capsys.readouterr().out.splitlines()
     assert out[0].split("\t")[:3] == ["r", "wf", "1"] and out[1].split("\t")[:2] == ["0", "n"]
+
+
+def _resident_kib(data_file: Path) -> int:
+    """KiB of ``data_file`` resident in this process's mappings of it (Linux smaps)."""
+    st = os.stat(data_file)
+    total, inside = 0, False
+    with open("/proc/self/smaps") as f:
+        for line in f:
+            fields = line.split()
+            if "-" in fields[0] and len(fields) >= 5:  # a mapping's first line
+                major, minor = (int(x, 16) for x in fields[3].split(":"))
+                inside = int(fields[4]) == st.st_ino and os.makedev(major, minor) == st.st_dev
+            elif inside and fields[0] == "Rss:":
+                total += int(fields[1])
+    return total
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self/smaps")
+@pytest.mark.parametrize("by_node", [False, True])
+def test_replaying_a_long_run_does_not_keep_its_pages_mapped(
+    path: Path, monkeypatch: pytest.MonkeyPatch, by_node: bool
+) -> None:
+    # a replay touches every page of the run; the pages it has passed are let go
+    # once more than the limit is resident (here 2 MiB, on a run of over 16 MiB)
+    monkeypatch.setattr(steplog.store, "RESIDENT_LIMIT", 2 << 20)
+    rng = random.Random(7)
+    states = [{"i": i, "blob": rng.randbytes(3000)} for i in range(6000)]
+    with steplog.open(path) as store:
+        for lo in range(0, len(states), 1000):
+            store.append_many("long", states[lo : lo + 1000], node="step")
+    data_file = path / "data.mdb"
+    assert data_file.stat().st_size > 16 << 20
+    with steplog.open(path) as store:
+        peak, seen = 0, []
+        replay = store.history("long", node="step") if by_node else store.history("long")
+        for cp in replay:
+            seen.append(cp.state)
+            if cp.index % 100 == 0:
+                peak = max(peak, _resident_kib(data_file))
+        assert seen == states
+        assert peak < 8 << 10, f"{peak} KiB of the store stayed mapped"
+        # what was let go reads back the same
+        assert store.load("long", 10).state == states[10]

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import lmdb
 
-from steplog import _cache, _env, _writer
+from steplog import _cache, _env, _residency, _writer
 from steplog.errors import InvalidArgument, StorageError, StoreClosed
 
 
@@ -35,6 +35,7 @@ class Engine:
         self.max_map_size = max_map_size
         self.env: lmdb.Environment | None = _env.open_env(path, map_size, metasync=metasync)
         self.gate = _env.Gate()
+        self.data_file = _residency.identity(path / "data.mdb")
         self.cache = _cache.LatestCache(cache_size)
         self.writer = _writer.Writer(
             self.session, self.grow_map, self.adopt_map_size, self.reclaim_readers
@@ -73,6 +74,13 @@ class Engine:
         """Another process grew the map: map the new size."""
         with self.gate.exclusive():
             self.live().set_mapsize(0)
+
+    def unmap_resident(self) -> None:
+        """Let go of the map's pages resident in this process (see _residency)."""
+        if self.data_file is None:
+            return
+        with self.session():
+            _residency.unmap_resident(self.data_file)
 
     def reclaim_readers(self) -> int:
         """Free reader slots of processes that died mid-read; return how many."""

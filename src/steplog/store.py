@@ -15,7 +15,7 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import asdict, is_dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import lmdb
 import msgspec
 
-from steplog import _cache, _engine, _env, _keys, _record, _validate
+from steplog import _cache, _engine, _env, _keys, _record, _residency, _validate
 from steplog._cache import Latest
 from steplog._keys import U64
 from steplog._writer import Batch
@@ -57,6 +57,9 @@ DEFAULT_MAX_RECORD_SIZE = 64 << 20
 #: Records decoded per read transaction while streaming history: keeps memory
 #: constant and lets a map resize slip in between chunks of a long replay.
 HISTORY_CHUNK = 256
+#: File pages a long scan (history) may leave resident in this process before it lets
+#: go of the map's pages (see _residency): replaying a long run keeps RSS bounded.
+RESIDENT_LIMIT = 32 << 20
 #: A batch of more operations than this is submitted as heavy (see Writer.submit): it
 #: takes long enough in the commit leader that earlier callers are woken before it.
 HEAVY_BATCH = 16
@@ -227,6 +230,16 @@ class Store:
                 self._live_engine().adopt_map_size()
             except lmdb.Error as exc:
                 raise StorageError(f"read from {str(self.path)!r} failed: {exc}") from exc
+
+    def _scan(self) -> _residency.Scan:
+        """Residency bookkeeping for a long scan (see _residency)."""
+        return _residency.Scan(RESIDENT_LIMIT, self._unmap_resident)
+
+    def _unmap_resident(self) -> None:
+        engine = self._engine
+        if engine is not None:
+            with suppress(StoreClosed):  # the next read says so
+                engine.unmap_resident()
 
     def _view(self, fn: Callable[[_View], T]) -> T:
         """Run ``fn`` on a :class:`_View` of one read transaction."""
@@ -1156,6 +1169,7 @@ class Store:
         self, run_id: str, hdr: _RunHeader, node: bytes, first: int, last: int, type_: Any
     ) -> Iterator[Checkpoint]:
         at = first
+        scan = self._scan()
         while at < last:
             lo = at
             batch = self._read(
@@ -1163,6 +1177,7 @@ class Store:
             )
             if not batch:
                 return
+            scan.check()
             yield from batch
             at = batch[-1].index + 1
 
@@ -1176,6 +1191,7 @@ class Store:
         prev: tuple[int, _record.Chain] | None = None
         segment = _keys.log_prefix(hdr.run_no)
         at = first
+        scan = self._scan()
         while at < last:
             chunk_end = min(at + HISTORY_CHUNK, last)
 
@@ -1227,6 +1243,7 @@ class Store:
                 return out, ((seq, chain) if out else carried), gap
 
             batch, prev, gap = self._read(op)
+            scan.check()
             yield from batch
             if gap is not None:  # what came before it was yielded
                 raise CorruptRecord(run_id, gap, "record missing from a run's dense range")
