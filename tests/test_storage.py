@@ -428,3 +428,6 @@ def test_replaying_a_long_run_does_not_keep_its_pages_mapped(
         assert peak < 8 << 10, f"{peak} KiB of the store stayed mapped"
         # what was let go reads back the same
         assert store.load("long", 10).state == states[10]
+        if not by_node:  # so does a pass over the whole store
+            assert store.verify().ok
+            assert _resident_kib(data_file) < 8 << 10

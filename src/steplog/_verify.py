@@ -19,6 +19,7 @@ from steplog.errors import CorruptRecord
 from steplog.model import Problem, VerifyReport
 
 if TYPE_CHECKING:
+    from steplog._residency import Scan
     from steplog.store import Store, Txn, _RunHeader
 
 
@@ -32,7 +33,7 @@ class _Segment:
     last_head: tuple[int, _record.Header] | None = None
 
 
-def verify(store: Store, txn: Txn, decode_header: Any) -> VerifyReport:
+def verify(store: Store, txn: Txn, decode_header: Any, scan: Scan) -> VerifyReport:
     from steplog.store import _NO_STATUS
     from steplog.store import _prefix_items as _scan
 
@@ -59,6 +60,7 @@ def verify(store: Store, txn: Txn, decode_header: Any) -> VerifyReport:
     # ---- segments: records in order, then the header, then node entries
     limit = store.max_record_size
     cur_no, chain = -1, _record.Chain()
+    read = 0  # record bytes since the last residency check
     for key, value in _scan(txn, _keys.SEGMENT):
         if len(key) < 10:
             problem("?", None, "index", f"stray key {key!r} in the segment table")
@@ -80,6 +82,10 @@ def verify(store: Store, txn: Txn, decode_header: Any) -> VerifyReport:
                 cur_no, chain = run_no, _record.Chain()
             seg.records.append(index)
             records += 1
+            read += len(value)
+            if read >= 1 << 20:  # a pass over a large store keeps few pages mapped
+                read = 0
+                scan.check()
             try:
                 head = _record.read_header(run_id, index, value)
             except CorruptRecord as exc:
@@ -172,6 +178,8 @@ def verify(store: Store, txn: Txn, decode_header: Any) -> VerifyReport:
         if run_no not in headers:
             problem(run_id, None, "index", "id entry for a run that has no header")
 
+    scan.check()  # the segments are done with
+
     # ---- recency and workflow indexes: exactly one entry per run, at its seq
     seen_recent: dict[int, int] = defaultdict(int)
     for key, value in _scan(txn, _keys.RECENT):
@@ -233,10 +241,11 @@ def verify(store: Store, txn: Txn, decode_header: Any) -> VerifyReport:
     if segments and (counter is None or counter < max(segments)):
         problem("?", None, "index", f"run-number counter {counter} below runs in use")
     known = (_keys.META_FORMAT, _keys.META_NEXT_RUN_NO)
-    for key, _value in _scan(txn, b""):
+    for key in txn.cursor().iternext(values=False):  # keys only: no value page is read
         tag = key[:1]
         if (tag == _keys.META and key not in known) or tag not in _TAGS:
             problem("?", None, "index", f"stray key {key[:40]!r}")
+    scan.check()
 
     return VerifyReport(runs=len(headers), records=records, problems=problems)
 

@@ -1278,7 +1278,17 @@ class Store:
         raises only for a closed store or a storage failure."""
         from steplog._verify import verify
 
-        return self._read(lambda txn: verify(self, txn, _HEADER_DECODER.decode))
+        engine = self._live_engine()
+
+        def unmap() -> None:  # the read below holds the gate: the map stays put
+            if engine.data_file is not None:
+                _residency.unmap_resident(engine.data_file)
+
+        return self._read(
+            lambda txn: verify(
+                self, txn, _HEADER_DECODER.decode, _residency.Scan(RESIDENT_LIMIT, unmap)
+            )
+        )
 
     def children(self, run_id: str, index: int | None = None) -> list[str]:
         """Ids of runs forked from ``run_id`` (from checkpoint ``index`` if given)."""
