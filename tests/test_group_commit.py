@@ -475,7 +475,7 @@ def test_an_interrupt_after_the_commit_landed_tells_the_batch_it_succeeded(path:
         sessions[0] += 1
         yield _Env(env) if sessions[0] == 2 else env  # the second batch's commit is hit
 
-    writer = _writer.Writer(session, lambda: None, lambda: None, lambda: None)
+    writer = _writer.Writer(session, lambda: None, lambda: None, lambda: None, lambda: None)
     outcomes: dict[str, object] = {}
 
     def put(key: bytes, wait: bool = False):  # type: ignore[no-untyped-def]

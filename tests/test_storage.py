@@ -14,7 +14,7 @@ import msgspec
 import pytest
 
 import steplog
-from steplog import _keys, _record
+from steplog import _keys, _record, _residency
 from steplog.errors import (
     CorruptRecord,
     InvalidArgument,
@@ -409,7 +409,7 @@ def test_replaying_a_long_run_does_not_keep_its_pages_mapped(
 ) -> None:
     # a replay touches every page of the run; the pages it has passed are let go
     # once more than the limit is resident (here 2 MiB, on a run of over 16 MiB)
-    monkeypatch.setattr(steplog.store, "RESIDENT_LIMIT", 2 << 20)
+    monkeypatch.setattr(_residency, "RESIDENT_LIMIT", 2 << 20)
     rng = random.Random(7)
     states = [{"i": i, "blob": rng.randbytes(3000)} for i in range(6000)]
     with steplog.open(path) as store:
@@ -431,3 +431,22 @@ def test_replaying_a_long_run_does_not_keep_its_pages_mapped(
         if not by_node:  # so does a pass over the whole store
             assert store.verify().ok
             assert _resident_kib(data_file) < 8 << 10
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self/smaps")
+def test_a_long_lived_writer_does_not_keep_the_store_mapped(
+    path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # each commit reads the pages it rewrites through the map; a writer that runs for
+    # long lets go of them as a replay does (checked every few dozen commits)
+    monkeypatch.setattr(_residency, "RESIDENT_LIMIT", 2 << 20)
+    rng = random.Random(8)
+    data_file = path / "data.mdb"
+    with steplog.open(path) as store:
+        peak = 0
+        for lo in range(0, 24000, 50):  # records of 1 KiB: they sit in the leaves
+            store.append_many(f"run-{lo % 7}", [{"blob": rng.randbytes(1000)} for _ in range(50)])
+            peak = max(peak, _resident_kib(data_file))
+        assert data_file.stat().st_size > 24 << 20
+        assert peak < 8 << 10, f"{peak} KiB of the store stayed mapped"
+        assert store.verify().ok

@@ -36,9 +36,15 @@ class Engine:
         self.env: lmdb.Environment | None = _env.open_env(path, map_size, metasync=metasync)
         self.gate = _env.Gate()
         self.data_file = _residency.identity(path / "data.mdb")
+        #: what the process holds of the map, checked by the writer now and then
+        self.residency = _residency.Scan(self.unmap_resident)
         self.cache = _cache.LatestCache(cache_size)
         self.writer = _writer.Writer(
-            self.session, self.grow_map, self.adopt_map_size, self.reclaim_readers
+            self.session,
+            self.grow_map,
+            self.adopt_map_size,
+            self.reclaim_readers,
+            self.residency.check,
         )
         self.handles = 0
         self.forked = False

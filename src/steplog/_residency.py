@@ -23,6 +23,10 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+#: File pages a long scan (or a long-lived writer) may leave resident in this process
+#: before it lets go of the map's pages.
+RESIDENT_LIMIT = 32 << 20
+
 _LINUX = sys.platform.startswith("linux")
 _MADV_DONTNEED = 4  # Linux's value
 _PAGE = os.sysconf("SC_PAGE_SIZE") if _LINUX else 4096
@@ -81,10 +85,9 @@ def unmap_resident(data_file: tuple[int, int]) -> None:
 class Scan:
     """Residency bookkeeping of one long scan: ``check()`` between its chunks."""
 
-    __slots__ = ("_base", "_limit", "_release")
+    __slots__ = ("_base", "_release")
 
-    def __init__(self, limit: int, release: Callable[[], None]) -> None:
-        self._limit = limit
+    def __init__(self, release: Callable[[], None]) -> None:
         self._release = release
         self._base = file_resident()
 
@@ -92,7 +95,7 @@ class Scan:
         if self._base is None:
             return
         now = file_resident()
-        if now is None or now - self._base <= self._limit:
+        if now is None or now - self._base <= RESIDENT_LIMIT:
             return
         self._release()
         self._base = file_resident()  # counting afresh: other files' pages are not ours

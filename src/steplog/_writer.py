@@ -48,6 +48,9 @@ T = TypeVar("T")
 #: Every this many commits the leader clears reader slots left by dead processes
 #: (they pin old pages, so the file would grow, and fill the reader table).
 READER_CHECK_EVERY = 1000
+#: Every this many commits the leader checks how much of the map the process holds
+#: resident (a few microseconds), and lets go of it past the limit (see _residency).
+RESIDENCY_CHECK_EVERY = 32
 #: Most operations in one commit: bounds the latency a batch adds to its first caller
 #: and the size of one transaction's dirty page list.
 MAX_BATCH = 512
@@ -108,9 +111,11 @@ class Writer:
         on_map_full: Callable[[], None],
         on_map_resized: Callable[[], None],
         maintain: Callable[[], object],
+        keep_small: Callable[[], object],
     ) -> None:
         self._session = session
         self._maintain = maintain
+        self._keep_small = keep_small
         self._on_map_full = on_map_full
         self._on_map_resized = on_map_resized
         self._queue: deque[_Pending[Any]] = deque()
@@ -209,11 +214,14 @@ class Writer:
                 try:
                     committed = self.commits
                     interrupt = self._attempt(live, asleep)
-                    if self.commits != committed and self.commits % READER_CHECK_EVERY == 0:
-                        self._tidy()
+                    if self.commits != committed:
+                        if self.commits % READER_CHECK_EVERY == 0:
+                            self._tidy(self._maintain)
+                        if self.commits % RESIDENCY_CHECK_EVERY == 0:
+                            self._tidy(self._keep_small)
                     break
                 except lmdb.MapFullError:
-                    self._tidy()  # freeing dead readers' pages may avoid growing
+                    self._tidy(self._maintain)  # freeing dead readers' pages may avoid growing
                     self._on_map_full()
                 except lmdb.MapResizedError:
                     self._on_map_resized()
@@ -301,10 +309,11 @@ class Writer:
                 txn.abort()
                 raise
 
-    def _tidy(self) -> None:
+    @staticmethod
+    def _tidy(chore: Callable[[], object]) -> None:
         """Best-effort maintenance; its failure must not fail committed writes."""
         try:
-            self._maintain()
+            chore()
         except (lmdb.Error, StoreClosed):
             pass
 

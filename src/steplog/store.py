@@ -57,9 +57,6 @@ DEFAULT_MAX_RECORD_SIZE = 64 << 20
 #: Records decoded per read transaction while streaming history: keeps memory
 #: constant and lets a map resize slip in between chunks of a long replay.
 HISTORY_CHUNK = 256
-#: File pages a long scan (history) may leave resident in this process before it lets
-#: go of the map's pages (see _residency): replaying a long run keeps RSS bounded.
-RESIDENT_LIMIT = 32 << 20
 #: A batch of more operations than this is submitted as heavy (see Writer.submit): it
 #: takes long enough in the commit leader that earlier callers are woken before it.
 HEAVY_BATCH = 16
@@ -233,7 +230,7 @@ class Store:
 
     def _scan(self) -> _residency.Scan:
         """Residency bookkeeping for a long scan (see _residency)."""
-        return _residency.Scan(RESIDENT_LIMIT, self._unmap_resident)
+        return _residency.Scan(self._unmap_resident)
 
     def _unmap_resident(self) -> None:
         engine = self._engine
@@ -1285,9 +1282,7 @@ class Store:
                 _residency.unmap_resident(engine.data_file)
 
         return self._read(
-            lambda txn: verify(
-                self, txn, _HEADER_DECODER.decode, _residency.Scan(RESIDENT_LIMIT, unmap)
-            )
+            lambda txn: verify(self, txn, _HEADER_DECODER.decode, _residency.Scan(unmap))
         )
 
     def children(self, run_id: str, index: int | None = None) -> list[str]:
