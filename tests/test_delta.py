@@ -598,3 +598,28 @@ def test_stream_records_of_several_zstd_blocks_read_back_exactly(path: Path) -> 
         assert [c.state for c in store.history("r")] == states
         assert [store.load("r", i).state for i in range(4)] == states
         assert store.verify().ok
+
+
+def test_a_large_batch_of_one_run_holds_one_live_compressor(path: Path) -> None:
+    # each keyframe of a batch starts a stream; the one before it takes no more blocks
+    # and must not keep its compressor until the commit (before: ~120 KB per chain,
+    # hundreds of MB for a batch of a few thousand small states)
+    import tracemalloc
+
+    states = [{"step": i, "note": "x" * 100} for i in range(6000)]
+    with steplog.open(path) as store:
+        store.append_many("warm", states[:10])  # the first streams' allocations
+        # a new run's records are compressed in the commit; a cached run's, ahead of it
+        for part in (states[:3000], states[3000:]):
+            tracemalloc.start()
+            try:
+                store.append_many("big", part)
+                peak = tracemalloc.get_traced_memory()[1]
+            finally:
+                tracemalloc.stop()
+            assert peak < 8 << 20, f"append_many peaked at {peak >> 20} MiB"
+        assert [cp.state for cp in store.history("big")] == states
+        with store.batch() as b:  # and a batch still continues the last stream
+            b.append("big", {"step": 6000, "note": "x" * 100})
+        assert store.load("big").state == {"step": 6000, "note": "x" * 100}
+        assert store.verify().ok

@@ -258,25 +258,34 @@ class Stream:
     def __init__(self, payload_len: int) -> None:
         params = stream_params(payload_len)
         cctx = zstandard.ZstdCompressor(compression_params=params)
-        self._cobj = cctx.compressobj()
+        self._cobj: zstandard.ZstdCompressionObj | None = cctx.compressobj()
         self._lock = threading.Lock()
         self.window = 1 << params.window_log
         self.pos = 0
         #: lengths of the last payloads fed, newest last
         self._recent: tuple[int, ...] = ()
         self.memory = 0
-        self._cctx = cctx
+        self._cctx: zstandard.ZstdCompressor | None = cctx
 
     def _block(self, payload: bytes) -> bytes:
+        assert self._cobj is not None, "a closed stream takes no blocks"
         data = self._cobj.compress(payload) + self._cobj.flush(zstandard.COMPRESSOBJ_FLUSH_BLOCK)
         self.pos += 1
         self._recent = (*self._recent[-3:], len(payload))
         return data
 
+    def close(self) -> None:
+        """Free the compressor: the stream takes no more blocks (a batch moved on to a
+        newer stream of its run). Its records decode as before: decoding needs none."""
+        with self._lock:
+            self._cobj = self._cctx = None
+            self.pos = _CLOSED  # no caller's position matches: follow() returns None
+            self.memory = 0
+
     def first(self, payload: bytes) -> bytes:
         """The keyframe block (the caller owns this new stream)."""
         data = self._block(payload)
-        self.memory = self._cctx.memory_size()
+        self.memory = self._cctx.memory_size() if self._cctx is not None else 0
         return data
 
     def fits(self, payload_len: int) -> bool:
@@ -309,6 +318,8 @@ class Stream:
 #: ``Body.pos`` / ``Latest.pos`` of a dictionary delta whose chain went on without its
 #: stream: the records after it stay dictionary deltas until the next keyframe.
 NO_STREAM = -1
+#: ``Stream.pos`` of a closed stream (matches no recorded position).
+_CLOSED = -2
 
 
 @dataclass(slots=True)  # never mutated; not frozen: a frozen init costs ~0.5 us

@@ -572,6 +572,10 @@ class Store:
         self._set_recency(txn, old, new)
         anchor = prev.anchor_after(payload) if prev is not None else None
         latest = Latest(index, seq, depth, payload, body.stream, body.pos, body.big, anchor)
+        older: Latest | None = batch.scratch.get(hdr.run_no)
+        stale = older.stream if older is not None else None
+        if depth == 0 and stale is not None and stale is not body.stream:
+            stale.close()  # started earlier in this commit, now superseded
         batch.scratch[hdr.run_no] = latest
         batch.after_commit.append(lambda: self._cache.put(run_id, latest))
         return new
@@ -1361,6 +1365,8 @@ class AppendBatch:
         self._store = store
         self._ops: list[Callable[[Txn, Batch], Checkpoint | None]] = []
         self._last: dict[str, _AppendRequest] = {}  # each run's latest queued append
+        #: each run's newest stream a keyframe of this batch started
+        self._streams: dict[str, _record.Stream] = {}
         #: The appended checkpoints, in call order, once the batch has committed.
         self.checkpoints: list[Checkpoint] = []
 
@@ -1398,6 +1404,15 @@ class AppendBatch:
             self._last.get(run_id),
         )
         self._last[run_id] = req
+        body = req.body
+        if body is not None and body.depth == 0:
+            # a keyframe: the stream this batch started before it for the run takes no
+            # more blocks, so its compressor goes now rather than at commit
+            older = self._streams.pop(run_id, None)
+            if older is not None:
+                older.close()
+            if body.stream is not None:
+                self._streams[run_id] = body.stream
         self._ops.append(req.apply)
 
     def purge(
