@@ -37,7 +37,7 @@ class Engine:
         self.gate = _env.Gate()
         self.data_file = _residency.identity(path / "data.mdb")
         #: what the process holds of the map, checked by the writer now and then
-        self.residency = _residency.Scan(self.unmap_resident)
+        self.residency = _residency.Scan(self.unmap_resident, now=True)
         self.cache = _cache.LatestCache(cache_size)
         self.writer = _writer.Writer(
             self.session,

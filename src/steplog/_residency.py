@@ -83,15 +83,22 @@ def unmap_resident(data_file: tuple[int, int]) -> None:
 
 
 class Scan:
-    """Residency bookkeeping of one long scan: ``check()`` between its chunks."""
+    """Residency bookkeeping of one long scan: ``check()`` between its chunks. A scan
+    of one chunk reads nothing; counting starts at the second check (``now``: at once)."""
 
-    __slots__ = ("_base", "_release")
+    __slots__ = ("_base", "_release", "_warmup")
 
-    def __init__(self, release: Callable[[], None]) -> None:
+    def __init__(self, release: Callable[[], None], *, now: bool = False) -> None:
         self._release = release
-        self._base = file_resident()
+        self._warmup = 0 if now else 2
+        self._base = file_resident() if now else None
 
     def check(self) -> None:
+        if self._warmup:
+            self._warmup -= 1
+            if not self._warmup:
+                self._base = file_resident()
+            return
         if self._base is None:
             return
         now = file_resident()
