@@ -623,3 +623,48 @@ def test_a_large_batch_of_one_run_holds_one_live_compressor(path: Path) -> None:
             b.append("big", {"step": 6000, "note": "x" * 100})
         assert store.load("big").state == {"step": 6000, "note": "x" * 100}
         assert store.verify().ok
+
+
+def test_records_are_compressed_outside_the_commit_for_new_and_cold_runs(
+    path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # the commit leader holds the only write transaction: a run new to the store, or
+    # one not in the cache (after a restart), is compressed by its caller too, or
+    # every other writer waits while the leader decodes its chain and compresses
+    from steplog import _writer
+
+    in_commit = [False]
+    compressed_in_commit: list[str] = []
+    attempt = _writer.Writer._attempt
+
+    def watched_attempt(self, batch, asleep):  # type: ignore[no-untyped-def]
+        in_commit[0] = True
+        try:
+            return attempt(self, batch, asleep)
+        finally:
+            in_commit[0] = False
+
+    monkeypatch.setattr(_writer.Writer, "_attempt", watched_attempt)
+    for name in ("keyframe", "follow", "compress"):
+        real = getattr(_record, name)
+
+        def watched(*args, _real=real, _name=name, **kwargs):  # type: ignore[no-untyped-def]
+            if in_commit[0]:
+                compressed_in_commit.append(_name)
+            return _real(*args, **kwargs)
+
+        monkeypatch.setattr(_record, name, watched)
+    states = _states(20)
+    with steplog.open(path) as store:
+        store.append("one", states[0])
+        store.append_many("many", states)
+        for st in states[:5]:
+            store.append("one", st)
+    with steplog.open(path) as store:  # a cold cache: the chain is read by the caller
+        store.append("one", states[6])
+        store.append_many("many", states[:3])
+        assert compressed_in_commit == []
+        assert [c.state for c in store.history("many")] == states + states[:3]
+        assert store.load("one").state == states[6]
+    depths = _depths(path, 1, 7)
+    assert depths[6] == depths[5] + 1  # the cold append is a delta on its latest, as before

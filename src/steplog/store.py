@@ -16,7 +16,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager, suppress
-from dataclasses import asdict, is_dataclass
+from dataclasses import asdict, is_dataclass, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -699,8 +699,9 @@ class Store:
         Compression happens here, in the caller's thread, so the leader's write
         transaction stays short: the payload is compressed as the record after the
         run's cached latest, or after ``prior`` (an earlier append to the same run in
-        the same batch); the commit re-checks that base. Without either, the commit
-        compresses against the run's actual latest record."""
+        the same batch), or after its latest record read now (a run the cache does not
+        hold), or as a keyframe (a run with no records); the commit re-checks that
+        base. Failing that, the commit compresses against the run's actual latest."""
         rid = _validate.ident(run_id, "run_id")
         wf = _validate.optional_ident(workflow_id, "workflow_id")
         node_key = _validate.optional_ident(node, "node")
@@ -709,14 +710,17 @@ class Store:
         expected = _validate.optional_nonnegative(expected_index, "expected_index")
         payload = self._encode(run_id, node, meta, state)
         self._live_env()
-        after: Latest | None
-        if prior is not None and prior.body is not None:
+        after: Latest | None = None
+        body = None
+        if prior is not None:  # without a body of its own, it leaves this one to the commit
             pb = prior.body
-            after = Latest(-1, -1, pb.depth, prior.payload, pb.stream, pb.pos, pb.big)
+            if pb is not None:
+                after = Latest(-1, -1, pb.depth, prior.payload, pb.stream, pb.pos, pb.big)
         else:
             after = self._cache.get(run_id)
-        body = None
-        if after is not None:
+            if after is None:
+                after, body = self._base_ahead(run_id, rid, payload)
+        if after is not None and body is None:
             body = _record.follow(
                 payload, after.payload, after.depth, after.stream, after.pos, after.big
             )
@@ -735,6 +739,29 @@ class Store:
             body,
             after,
         )
+
+    def _base_ahead(
+        self, run_id: str, rid: bytes, payload: bytes
+    ) -> tuple[Latest | None, _record.Body | None]:
+        """For a run the cache does not hold, read in the caller's thread: (its latest
+        record, None) to compress against, or (None, a keyframe) if it has no records,
+        or (None, None) if it cannot be read here (the commit then reports why)."""
+
+        def read(txn: Txn) -> Latest | None:
+            hdr = self._header(txn, rid)
+            if hdr is None or hdr.length == 0:
+                return None
+            return self._latest(txn, hdr, run_id, None)
+
+        try:
+            latest = self._read(read)
+        except (CorruptRecord, StorageError):
+            return None, None
+        if latest is None:
+            return None, _record.keyframe(payload)
+        if latest.stream is None:  # decoded from disk: a dictionary delta, as in the commit
+            latest = replace(latest, pos=_record.NO_STREAM)
+        return latest, None
 
     def _apply_append(self, req: _AppendRequest, txn: Txn, batch: Batch) -> Checkpoint:
         old = self._header(txn, req.rid)
