@@ -83,9 +83,12 @@ class Engine:
 
     def unmap_resident(self) -> None:
         """Let go of the map's pages resident in this process (see _residency)."""
-        if self.data_file is None:
-            return
         with self.session():
+            self.unmap_resident_held()
+
+    def unmap_resident_held(self) -> None:
+        """:meth:`unmap_resident` for a caller already inside the gate's shared side."""
+        if self.data_file is not None:
             _residency.unmap_resident(self.data_file)
 
     def reclaim_readers(self) -> int:

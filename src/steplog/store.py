@@ -1306,12 +1306,7 @@ class Store:
         raises only for a closed store or a storage failure."""
         from steplog._verify import verify
 
-        engine = self._live_engine()
-
-        def unmap() -> None:  # the read below holds the gate: the map stays put
-            if engine.data_file is not None:
-                _residency.unmap_resident(engine.data_file)
-
+        unmap = self._live_engine().unmap_resident_held  # the read holds the gate
         return self._read(
             lambda txn: verify(self, txn, _HEADER_DECODER.decode, _residency.Scan(unmap))
         )
