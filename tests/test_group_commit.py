@@ -607,18 +607,23 @@ def test_an_interrupt_as_the_write_transaction_starts_aborts_it(
 
 
 def test_a_leader_interrupted_before_it_takes_its_batch_hands_the_queue_on(path: Path) -> None:
-    """An interrupt landing between a caller's becoming leader and its taking the
-    queued batch (a window of plain Python lines) must not strand the callers queued
-    behind it, nor close()."""
+    """An interrupt landing between a queued caller's being made leader and its taking
+    the queued batch (a window of plain Python lines) must not strand the callers
+    queued behind it, nor close()."""
     import inspect
     import sys
 
     source, first = inspect.getsourcelines(_writer.Writer.submit)
     line = first + next(i for i, s in enumerate(source) if "count = min(" in s)
     with steplog.open(path) as store:
-        writer = store._writer
+        writer, queued = store._writer, store._writer._queue
         outcomes: dict[str, object] = {}
         call = _recorder(writer, outcomes)
+        release = threading.Event()
+
+        def hold(txn, batch):  # type: ignore[no-untyped-def]
+            release.wait(10)
+            return "a"
 
         def op(name: str):  # type: ignore[no-untyped-def]
             return lambda txn, batch: name
@@ -629,29 +634,31 @@ def test_a_leader_interrupted_before_it_takes_its_batch_hands_the_queue_on(path:
         def local(frame, event, arg):  # type: ignore[no-untyped-def]
             if event == "line" and frame.f_lineno == line:
                 sys.settrace(None)
-                deadline = time.monotonic() + 5
-                while len(writer._queue) < 3 and time.monotonic() < deadline:
-                    time.sleep(0.001)  # the others queue up behind this leader
+                assert len(queued) == 3  # b itself, c and d behind it
                 raise KeyboardInterrupt
             return local
 
-        def leader() -> None:
+        def promoted() -> None:
             sys.settrace(tracer)
             try:
-                call("a", op("a"))
+                call("b", op("b"))
             finally:
                 sys.settrace(None)
 
-        a = threading.Thread(target=leader)
+        a = threading.Thread(target=call, args=("a", hold))
         a.start()
-        while not writer._leading:
-            time.sleep(0.001)
-        others = [threading.Thread(target=call, args=(n, op(n))) for n in "bc"]
-        for t in others:
+        _wait_until(lambda: writer._leading and not queued)
+        b = threading.Thread(target=promoted)
+        b.start()
+        _wait_until(lambda: len(queued) >= 1)
+        others = [threading.Thread(target=call, args=(n, op(n))) for n in "cd"]
+        for n, t in enumerate(others, 2):
             t.start()
-        for t in [a, *others]:
+            _wait_until(lambda n=n: len(queued) >= n)  # type: ignore[misc]
+        release.set()
+        for t in [a, b, *others]:
             t.join(10)
-        assert not any(t.is_alive() for t in [a, *others])
-        assert outcomes == {"a": "KeyboardInterrupt", "b": "b", "c": "c"}
+        assert not any(t.is_alive() for t in [a, b, *others])
+        assert outcomes == {"a": "a", "b": "KeyboardInterrupt", "c": "c", "d": "d"}
         store.append("r", 1)  # the queue still works
     assert not writer._leading

@@ -16,8 +16,6 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import lmdb
@@ -35,6 +33,7 @@ class Engine:
         self.max_map_size = max_map_size
         self.env: lmdb.Environment | None = _env.open_env(path, map_size, metasync=metasync)
         self.gate = _env.Gate()
+        self._session = _Session(self)
         self.data_file = _residency.identity(path / "data.mdb")
         #: what the process holds of the map, checked by the writer now and then
         self.residency = _residency.Scan(self.unmap_resident, now=True)
@@ -60,14 +59,10 @@ class Engine:
             raise StoreClosed(f"the store at {str(self.path)!r} is closed")
         return env
 
-    @contextmanager
-    def session(self) -> Iterator[lmdb.Environment]:
-        """The live environment, held safe from a map resize while in use."""
-        self.gate.enter()
-        try:
-            yield self.live()
-        finally:
-            self.gate.leave()
+    def session(self) -> _Session:
+        """The live environment, held safe from a map resize while in use
+        (``with engine.session() as env``)."""
+        return self._session
 
     def grow_map(self) -> None:
         with self.gate.exclusive():
@@ -102,6 +97,29 @@ class Engine:
             env, self.env = self.env, None
             if env is not None:
                 env.close()
+
+
+class _Session:
+    """:meth:`Engine.session`'s context manager: every transaction passes through it,
+    so it is a plain class (half the cost of a generator-based one) and, holding no
+    state of its own, one instance serves every thread."""
+
+    __slots__ = ("_engine",)
+
+    def __init__(self, engine: Engine) -> None:
+        self._engine = engine
+
+    def __enter__(self) -> lmdb.Environment:
+        engine = self._engine
+        engine.gate.enter()
+        try:
+            return engine.live()
+        except BaseException:
+            engine.gate.leave()
+            raise
+
+    def __exit__(self, *exc: object) -> None:
+        self._engine.gate.leave()
 
 
 _lock = threading.Lock()

@@ -43,19 +43,22 @@ class Gate:
     """A readers-writer gate: many transactions, or one map resize."""
 
     def __init__(self) -> None:
-        self._cond = threading.Condition(threading.Lock())
+        # every transaction passes here twice: the lock is taken directly, not through
+        # the Condition's Python-level ``with``
+        self._lock = threading.Lock()
+        self._cond = threading.Condition(self._lock)
         self._active = 0
         self._exclusive = False
 
     def enter(self) -> None:
         """Take the shared side (pair with :meth:`leave`)."""
-        with self._cond:
+        with self._lock:
             while self._exclusive:
                 self._cond.wait()
             self._active += 1
 
     def leave(self) -> None:
-        with self._cond:
+        with self._lock:
             self._active -= 1
             if self._active == 0 and self._exclusive:
                 self._cond.notify_all()

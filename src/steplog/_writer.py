@@ -119,7 +119,9 @@ class Writer:
         self._on_map_full = on_map_full
         self._on_map_resized = on_map_resized
         self._queue: deque[_Pending[Any]] = deque()
-        self._mutex = threading.Condition(threading.Lock())
+        # taken a few times per write: used directly, the Condition only for close()
+        self._mutex = threading.Lock()
+        self._idle = threading.Condition(self._mutex)
         self._leading = False
         self._closing = False
         #: Callers of the last committed batch, still asleep: the next leader wakes them.
@@ -140,9 +142,11 @@ class Writer:
             with self._mutex:
                 if self._closing:
                     raise StoreClosed("the store is closed")
-                self._queue.append(mine)
                 lead = not self._leading
-                self._leading = True
+                if lead:  # nobody is queued: lead a batch of one, without queueing
+                    self._leading = True
+                else:
+                    self._queue.append(mine)
             if not lead:
                 try:
                     mine.done.acquire()  # released when committed, or when made leader
@@ -153,11 +157,14 @@ class Writer:
                     raise  # if it had just been made leader, the finally passes that on
                 if not mine.promoted:
                     return _outcome(mine)
+            batch: list[_Pending[Any]] | None = [mine] if lead else None
+            asleep: list[_Pending[Any]] = []
             while True:
-                with self._mutex:
-                    count = min(len(self._queue), MAX_BATCH)
-                    batch = [self._queue.popleft() for _ in range(count)]
-                    asleep, self._deferred = self._deferred, []
+                if batch is None:
+                    with self._mutex:
+                        count = min(len(self._queue), MAX_BATCH)
+                        batch = [self._queue.popleft() for _ in range(count)]
+                        asleep, self._deferred = self._deferred, []
                 interrupt = self._commit(batch, asleep, mine) or interrupt
                 callers = [p for p in batch if p is not mine]
                 if mine.promoted or mine in batch:
@@ -165,6 +172,7 @@ class Writer:
                 with self._mutex:
                     self._deferred = callers
                 callers = []
+                batch = None
         finally:  # the queue must not lose its leader
             if lead or mine.promoted:
                 self._hand_off(callers, mine)
@@ -190,7 +198,8 @@ class Writer:
                 self._leading = False
                 callers = self._deferred + callers
                 self._deferred = []
-                self._mutex.notify_all()
+                if self._closing:
+                    self._idle.notify_all()
         _wake(callers)
 
     def close(self) -> None:
@@ -198,7 +207,7 @@ class Writer:
         with self._mutex:
             self._closing = True
             while self._leading:
-                self._mutex.wait()
+                self._idle.wait()
 
     def _commit(
         self, batch: list[_Pending[Any]], asleep: list[_Pending[Any]], mine: _Pending[Any]
@@ -264,8 +273,10 @@ class Writer:
         with self._session() as env:
             txn = env.begin(write=True)
             try:  # from here on, whatever raises (an interrupt too) aborts the transaction
-                shared = Batch(txn.id())
-                started = time.perf_counter()
+                txn_id = txn.id()
+                shared = Batch(txn_id)
+                started = time.perf_counter() if asleep else 0.0
+                ok = 0
                 for p in batch:
                     if asleep and (p.heavy or time.perf_counter() - started > WAKE_AFTER):
                         _wake(asleep)  # a long batch: do not hold durable callers back
@@ -287,11 +298,11 @@ class Writer:
                         del shared.after_commit[mark:]
                         continue
                     p.hooks = shared.after_commit[mark:]
+                    ok += 1
                 if not nested and batch[0].error is not None:
                     txn.abort()
                     return None
                 _wake(asleep)  # they run while this commit waits on the disk
-                txn_id = txn.id()
                 interrupt = None
                 try:
                     txn.commit()
@@ -303,7 +314,7 @@ class Writer:
                         raise
                     interrupt = exc
                 self.commits += 1
-                self.committed_ops += sum(1 for p in batch if p.error is None)
+                self.committed_ops += ok
                 return interrupt
             except BaseException:
                 txn.abort()
