@@ -637,10 +637,10 @@ def test_records_are_compressed_outside_the_commit_for_new_and_cold_runs(
     compressed_in_commit: list[str] = []
     attempt = _writer.Writer._attempt
 
-    def watched_attempt(self, batch, asleep):  # type: ignore[no-untyped-def]
+    def watched_attempt(self, batch, asleep, isolate):  # type: ignore[no-untyped-def]
         in_commit[0] = True
         try:
-            return attempt(self, batch, asleep)
+            return attempt(self, batch, asleep, isolate)
         finally:
             in_commit[0] = False
 

@@ -87,6 +87,50 @@ def test_one_callers_error_fails_only_that_caller(path: Path) -> None:
         assert sorted(r.run_id for r in store.runs())[:2] == ["ok2", "ok3"]
 
 
+def test_an_operation_failing_after_its_writes_is_rolled_back_alone(path: Path) -> None:
+    """A batch runs its operations in one transaction; one that raises after writing
+    (a bug, a late check) must leave none of its writes, and fail only its caller."""
+    with steplog.open(path) as store:
+        writer, queued = store._writer, store._writer._queue
+        release = threading.Event()
+        runs: dict[str, int] = {}
+
+        def hold(txn, batch):  # type: ignore[no-untyped-def]
+            release.wait(10)
+
+        def put(name: str, fail: bool = False):  # type: ignore[no-untyped-def]
+            def op(txn, batch):  # type: ignore[no-untyped-def]
+                runs[name] = runs.get(name, 0) + 1
+                txn.put(b"x-" + name.encode(), b"v")
+                if fail:
+                    raise ValueError(f"{name} failed after writing")
+                return name
+
+            return op
+
+        outcomes: dict[str, object] = {}
+        call = _recorder(writer, outcomes)
+        first = threading.Thread(target=call, args=("hold", hold))
+        first.start()
+        _wait_until(lambda: writer._leading and not queued)
+        rest = []
+        for n, (name, fail) in enumerate((("a", False), ("b", True), ("c", False)), 1):
+            rest.append(threading.Thread(target=call, args=(name, put(name, fail))))
+            rest[-1].start()
+            _wait_until(lambda n=n: len(queued) >= n)  # type: ignore[misc]
+        commits = writer.commits
+        release.set()
+        for t in [first, *rest]:
+            t.join(10)
+            assert not t.is_alive()
+        assert outcomes == {"hold": None, "a": "a", "b": "ValueError", "c": "c"}
+        assert writer.commits == commits + 2  # hold's batch, then a, b and c's
+        with store._live_env().begin() as txn:
+            assert txn.get(b"x-a") == b"v"
+            assert txn.get(b"x-b") is None
+            assert txn.get(b"x-c") == b"v"
+
+
 def _hold(store: steplog.Store, release: threading.Event) -> None:
     with store._gate.exclusive():
         release.wait()

@@ -9,9 +9,12 @@ hands the role to the first of them, whose batch holds all that queued during th
 previous flush. A lone caller thus commits on its own thread with no hand-off, and
 under load one flush acknowledges many checkpoints.
 
-In a batch of several, each operation runs in its own nested transaction, so an
-operation that raises (bad input found late, IndexConflict, ...) is rolled back alone
-and fails only its caller; the rest of the batch commits.
+An operation that raises (bad input found late, IndexConflict, ...) is rolled back
+alone and fails only its caller; the rest of the batch commits. A batch first runs
+its operations straight in the write transaction; only if one of them raises is the
+transaction dropped and the batch run again with each operation in its own nested
+transaction (two more LMDB calls per operation, each letting other threads take the
+GIL from the leader: not worth paying when nothing fails, as is usual).
 
 Waking a committed batch's callers is left to the next leader when one is queued: it
 wakes them after running its own batch's operations, just before its commit's flush.
@@ -218,17 +221,20 @@ class Writer:
         commit had landed: the batch succeeded, and the leader re-raises it later."""
         live = batch
         interrupt = None
+        isolate = False
         try:
             while True:
                 try:
                     committed = self.commits
-                    interrupt = self._attempt(live, asleep)
+                    interrupt = self._attempt(live, asleep, isolate)
                     if self.commits != committed:
                         if self.commits % READER_CHECK_EVERY == 0:
                             self._tidy(self._maintain)
                         if self.commits % RESIDENCY_CHECK_EVERY == 0:
                             self._tidy(self._keep_small)
                     break
+                except _Isolate:
+                    isolate = True  # an operation failed: roll it back alone this time
                 except lmdb.MapFullError:
                     self._tidy(self._maintain)  # freeing dead readers' pages may avoid growing
                     self._on_map_full()
@@ -265,11 +271,13 @@ class Writer:
         return interrupt
 
     def _attempt(
-        self, batch: list[_Pending[Any]], asleep: list[_Pending[Any]]
+        self, batch: list[_Pending[Any]], asleep: list[_Pending[Any]], isolate: bool
     ) -> BaseException | None:
-        # A lone operation needs no nested transaction: if it fails, aborting the
-        # whole transaction is the same as rolling back just it.
-        nested = len(batch) > 1
+        """Run ``batch`` in one write transaction and commit it. Without ``isolate``,
+        an operation failing in a batch of several raises _Isolate (the transaction
+        aborted); with it, each runs in a nested transaction and fails alone. A lone
+        operation needs no nesting: aborting the transaction rolls back just it."""
+        nested = isolate and len(batch) > 1
         with self._session() as env:
             txn = env.begin(write=True)
             try:  # from here on, whatever raises (an interrupt too) aborts the transaction
@@ -294,6 +302,8 @@ class Writer:
                     except Exception as exc:  # the op's own failure: roll back just it
                         if nested:
                             child.abort()
+                        elif len(batch) > 1:
+                            raise _Isolate from exc  # the transaction is aborted below
                         p.error = exc
                         del shared.after_commit[mark:]
                         continue
@@ -327,6 +337,11 @@ class Writer:
             chore()
         except (lmdb.Error, StoreClosed):
             pass
+
+
+class _Isolate(Exception):
+    """An operation of a batch run without nested transactions failed: run the batch
+    again with each operation in its own."""
 
 
 def _wake(callers: list[_Pending[Any]]) -> None:
