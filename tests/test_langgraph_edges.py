@@ -413,3 +413,43 @@ def test_tuples_read_again_are_fresh_objects(saver: StepLogSaver) -> None:
     assert again is not None
     assert again.checkpoint["channel_values"] == {"x": [1, 2]}
     assert again.metadata["step"] == 1 and again.pending_writes[0][2] == [3]
+
+
+def test_a_restarted_process_decodes_a_threads_latest_checkpoint_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """After a restart nothing is cached: the first get_tuple of a thread walks the
+    delta chain of its latest checkpoint; it must keep what it decoded (the writes
+    record, the run's latest, and the large checkpoint record before it), so the
+    next get_tuple of the thread decodes nothing."""
+    from steplog import _record
+
+    path = tmp_path / "store"
+    messages: list[str] = []
+    with StepLogSaver.from_path(path) as first:
+        config = _cfg("t")
+        for n in range(1, 40):
+            messages.append(f"message {n} " + "words " * 60)
+            config = first.put(config, _cp(n, {"m": list(messages)}), {"step": n}, {"m": n})
+            first.put_writes(config, [("m", [f"reply {n}"])], f"task-{n}")
+    decoded = [0]
+    real = _record.Chain.decode
+
+    def counting(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+        decoded[0] += 1
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(_record.Chain, "decode", counting)
+    with StepLogSaver.from_path(path) as second:
+        got = second.get_tuple(_cfg("t"))
+        assert got is not None and got.checkpoint["channel_values"] == {"m": messages}
+        assert got.pending_writes[0][2] == ["reply 39"]
+        assert decoded[0] > 2  # the chain behind the latest checkpoint was walked
+        decoded[0] = 0
+        again = second.get_tuple(_cfg("t"))
+        assert again is not None and again.checkpoint == got.checkpoint
+        assert again.pending_writes == got.pending_writes
+        assert decoded[0] == 0
+        config = second.put(_cfg("t"), _cp(40, {"m": messages[:1]}), {"step": 40}, {"m": 40})
+        newest = second.get_tuple(_cfg("t"))
+        assert newest is not None and newest.checkpoint["channel_values"] == {"m": messages[:1]}

@@ -25,7 +25,7 @@ import lmdb
 import msgspec
 
 from steplog import _cache, _engine, _env, _keys, _record, _residency, _validate
-from steplog._cache import Latest
+from steplog._cache import Anchor, Latest
 from steplog._keys import U64
 from steplog._writer import Batch
 from steplog.errors import (
@@ -453,11 +453,24 @@ class Store:
         return self._assemble(run_id, index, hdr, head, payload, type_)
 
     def _cache_if_latest(
-        self, run_id: str, hdr: _RunHeader, index: int, head: _record.Header, payload: bytes
+        self,
+        run_id: str,
+        hdr: _RunHeader,
+        index: int,
+        head: _record.Header,
+        payload: bytes,
+        before: Anchor | None = None,
     ) -> None:
-        """Keep a decoded latest delta record: the next load or append starts from it."""
-        if index == hdr.length - 1 and head.depth and head.seq == hdr.seq:
-            self._cache.put(run_id, Latest(index, head.seq, head.depth, payload))
+        """Keep a decoded latest delta record: the next load or append starts from it.
+        ``before``: the record before it, decoded too; kept with it as its anchor if
+        the latest is small and that one large (see Latest.anchor_after)."""
+        if index != hdr.length - 1 or head.seq != hdr.seq:
+            return
+        anchor = None
+        if before is not None and before.index == index - 1:
+            anchor = Latest(before.index, before.seq, 0, before.payload).anchor_after(payload)
+        if head.depth or anchor is not None:
+            self._cache.put(run_id, Latest(index, head.seq, head.depth, payload, anchor=anchor))
 
     @staticmethod
     def _assemble(
@@ -1510,12 +1523,14 @@ class _View:
     the states of a run's checkpoints without building :class:`Checkpoint` objects.
     Arguments are validated as by the public reads."""
 
-    __slots__ = ("_headers", "_store", "_txn")
+    __slots__ = ("_decoded", "_headers", "_store", "_txn")
 
     def __init__(self, store: Store, txn: Txn) -> None:
         self._store = store
         self._txn = txn
         self._headers: dict[str, _RunHeader | None] = {}
+        #: the record last decoded from disk, by run: the anchor of a small latest
+        self._decoded: dict[str, Anchor] = {}
 
     def _header(self, run_id: str) -> _RunHeader | None:
         try:
@@ -1595,7 +1610,8 @@ class _View:
         payload = store._held(run_id, hdr, at)
         if payload is None:
             head, payload = store._payload(self._txn, hdr, run_id, at)
-            store._cache_if_latest(run_id, hdr, at, head, payload)
+            store._cache_if_latest(run_id, hdr, at, head, payload, self._decoded.get(run_id))
+            self._decoded[run_id] = Anchor(at, head.seq, payload)
             node, _metadata, state = _record.decode_payload(run_id, at, payload)
             return node, state
         return _DECODED.get(run_id, at, payload)
