@@ -281,14 +281,19 @@ def test_callers_of_a_committed_batch_wake_even_if_the_next_batch_fails(path: Pa
             assert [txn.get(k) for k in (b"tb", b"tc", b"td")] == [b"v"] * 3
 
 
-def _chain_of_batches(store: steplog.Store, successor_ops: list, heavy: bool):  # type: ignore[no-untyped-def,type-arg]
+def _chain_of_batches(  # type: ignore[no-untyped-def]
+    store: steplog.Store,
+    successor_ops: list,  # type: ignore[type-arg]
+    heavy: bool,
+    d_done: threading.Event,
+):
     """Drive the writer into: batch [b]; batch [c, d] (c leads; d's wake is deferred
     to the next leader); then a batch of ``successor_ops`` (submitted from threads
-    s0, s1, ...). Returns (threads, results, d_done)."""
+    s0, s1, ...), which may run before this returns. Sets ``d_done`` when d returns.
+    Returns (threads, results)."""
     writer = store._writer
     queued = writer._queue
     results: dict[str, object] = {}
-    d_done = threading.Event()
 
     def waits_for(n: int):  # type: ignore[no-untyped-def]
         def op(txn, batch):  # type: ignore[no-untyped-def]
@@ -324,7 +329,7 @@ def _chain_of_batches(store: steplog.Store, successor_ops: list, heavy: bool):  
     for i in range(n):
         threads[f"s{i}"].start()
         _wait_until(lambda i=i: len(queued) == i + 1 or bool(results.get("c")))
-    return threads, results, d_done
+    return threads, results
 
 
 def _join(threads) -> None:  # type: ignore[no-untyped-def]
@@ -337,13 +342,14 @@ def test_a_heavy_operation_does_not_hold_back_the_previous_batchs_callers(path: 
     with steplog.open(path) as store:
         release = threading.Event()
         seen: list[bool] = []
+        d_done = threading.Event()
 
         def heavy(txn, batch):  # type: ignore[no-untyped-def]
             seen.append(d_done.wait(timeout=10))  # d (already durable) returns meanwhile
             release.wait(timeout=10)
             return "heavy done"
 
-        threads, results, d_done = _chain_of_batches(store, [heavy], heavy=True)
+        threads, results = _chain_of_batches(store, [heavy], True, d_done)
         _wait_until(lambda: bool(seen))
         release.set()
         _join(threads)
@@ -354,6 +360,7 @@ def test_a_heavy_operation_does_not_hold_back_the_previous_batchs_callers(path: 
 def test_a_long_batch_wakes_the_previous_batchs_callers_once_over_budget(path: Path) -> None:
     with steplog.open(path) as store:
         seen: list[bool] = []
+        d_done = threading.Event()
 
         def slow(txn, batch):  # type: ignore[no-untyped-def]
             time.sleep(_writer.WAKE_AFTER * 20)
@@ -363,7 +370,7 @@ def test_a_long_batch_wakes_the_previous_batchs_callers_once_over_budget(path: P
             seen.append(d_done.wait(timeout=10))  # woken before this op, not at the flush
             return "after"
 
-        threads, results, d_done = _chain_of_batches(store, [slow, after], heavy=False)
+        threads, results = _chain_of_batches(store, [slow, after], False, d_done)
         _join(threads)
         assert seen == [True]
         assert results == {"b": "ok", "c": "ok", "d": "ok", "s0": "slow", "s1": "after"}
