@@ -8,6 +8,8 @@ from pathlib import Path
 
 import lmdb
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import steplog
 from steplog import IndexConflict, InvalidArgument, WorkflowMismatch, _writer
@@ -129,6 +131,61 @@ def test_an_operation_failing_after_its_writes_is_rolled_back_alone(path: Path) 
             assert txn.get(b"x-a") == b"v"
             assert txn.get(b"x-b") is None
             assert txn.get(b"x-c") == b"v"
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.lists(st.sampled_from(["ok", "fails before writing", "fails after writing"]), max_size=6))
+def test_a_batch_commits_exactly_its_operations_that_did_not_fail(
+    tmp_path_factory: pytest.TempPathFactory, kinds: list[str]
+) -> None:
+    """Whatever mix of operations in one batch fail, and whether before or after their
+    own writes: each caller gets its own outcome, and the store holds the writes of
+    exactly the operations that succeeded."""
+    path = tmp_path_factory.mktemp("batch") / "s"
+    with steplog.open(path) as store:
+        writer, queued = store._writer, store._writer._queue
+        release = threading.Event()
+
+        def hold(txn, batch):  # type: ignore[no-untyped-def]
+            release.wait(10)
+
+        def op(i: int, kind: str):  # type: ignore[no-untyped-def]
+            def run(txn, batch):  # type: ignore[no-untyped-def]
+                if kind == "fails before writing":
+                    raise ValueError(i)
+                txn.put(b"k%d" % i, b"v")
+                txn.put(b"shared", b"%d" % i)  # every op overwrites it: the last good wins
+                if kind == "fails after writing":
+                    raise KeyError(i)
+                return i
+
+            return run
+
+        outcomes: dict[str, object] = {}
+        call = _recorder(writer, outcomes)
+        first = threading.Thread(target=call, args=("hold", hold))
+        first.start()
+        _wait_until(lambda: writer._leading and not queued)
+        threads = []
+        for i, kind in enumerate(kinds):
+            threads.append(threading.Thread(target=call, args=(str(i), op(i, kind))))
+            threads[-1].start()
+            _wait_until(lambda n=i + 1: len(queued) >= n)  # type: ignore[misc]
+        release.set()
+        for t in [first, *threads]:
+            t.join(10)
+            assert not t.is_alive()
+        good = [i for i, kind in enumerate(kinds) if kind == "ok"]
+        expected: dict[str, object] = {str(i): i for i in good}
+        expected |= {
+            str(i): "ValueError" if kind == "fails before writing" else "KeyError"
+            for i, kind in enumerate(kinds)
+            if kind != "ok"
+        }
+        assert outcomes == {"hold": None, **expected}
+        with store._live_env().begin() as txn:
+            assert [i for i in range(len(kinds)) if txn.get(b"k%d" % i)] == good
+            assert txn.get(b"shared") == (b"%d" % good[-1] if good else None)
 
 
 def _hold(store: steplog.Store, release: threading.Event) -> None:
