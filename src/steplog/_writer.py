@@ -13,8 +13,8 @@ An operation that raises (bad input found late, IndexConflict, ...) is rolled ba
 alone and fails only its caller; the rest of the batch commits. A batch first runs
 its operations straight in the write transaction; only if one of them raises is the
 transaction dropped and the batch run again with each operation in its own nested
-transaction (two more LMDB calls per operation, each letting other threads take the
-GIL from the leader: not worth paying when nothing fails, as is usual).
+transaction (nesting costs two more LMDB calls per operation on the leader's
+critical path; batches rarely fail, so it is paid only then).
 
 Waking a committed batch's callers is left to the next leader when one is queued: it
 wakes them after running its own batch's operations, just before its commit's flush.
