@@ -89,20 +89,38 @@ def test_one_callers_error_fails_only_that_caller(path: Path) -> None:
         assert sorted(r.run_id for r in store.runs())[:2] == ["ok2", "ok3"]
 
 
+def _one_batch(store: steplog.Store, ops: list) -> tuple[dict[str, object], int]:  # type: ignore[type-arg]
+    """Submit the (name, op) pairs from threads of their own while a first operation
+    holds the writer, so that they run together, in order, as one batch; return each
+    caller's result or the name of its error, and how many commits landed meanwhile."""
+    writer, queued = store._writer, store._writer._queue
+    release = threading.Event()
+    outcomes: dict[str, object] = {}
+    call = _recorder(writer, outcomes)
+    first = threading.Thread(target=call, args=("hold", lambda txn, batch: release.wait(10)))
+    first.start()
+    _wait_until(lambda: writer._leading and not queued)
+    threads = []
+    for n, (name, op) in enumerate(ops, 1):
+        threads.append(threading.Thread(target=call, args=(name, op)))
+        threads[-1].start()
+        _wait_until(lambda n=n: len(queued) >= n)  # type: ignore[misc]
+    commits = writer.commits
+    release.set()
+    for t in [first, *threads]:
+        t.join(10)
+        assert not t.is_alive()
+    assert outcomes.pop("hold") is True
+    return outcomes, writer.commits - commits
+
+
 def test_an_operation_failing_after_its_writes_is_rolled_back_alone(path: Path) -> None:
     """A batch runs its operations in one transaction; one that raises after writing
     (a bug, a late check) must leave none of its writes, and fail only its caller."""
     with steplog.open(path) as store:
-        writer, queued = store._writer, store._writer._queue
-        release = threading.Event()
-        runs: dict[str, int] = {}
-
-        def hold(txn, batch):  # type: ignore[no-untyped-def]
-            release.wait(10)
 
         def put(name: str, fail: bool = False):  # type: ignore[no-untyped-def]
             def op(txn, batch):  # type: ignore[no-untyped-def]
-                runs[name] = runs.get(name, 0) + 1
                 txn.put(b"x-" + name.encode(), b"v")
                 if fail:
                     raise ValueError(f"{name} failed after writing")
@@ -110,23 +128,9 @@ def test_an_operation_failing_after_its_writes_is_rolled_back_alone(path: Path) 
 
             return op
 
-        outcomes: dict[str, object] = {}
-        call = _recorder(writer, outcomes)
-        first = threading.Thread(target=call, args=("hold", hold))
-        first.start()
-        _wait_until(lambda: writer._leading and not queued)
-        rest = []
-        for n, (name, fail) in enumerate((("a", False), ("b", True), ("c", False)), 1):
-            rest.append(threading.Thread(target=call, args=(name, put(name, fail))))
-            rest[-1].start()
-            _wait_until(lambda n=n: len(queued) >= n)  # type: ignore[misc]
-        commits = writer.commits
-        release.set()
-        for t in [first, *rest]:
-            t.join(10)
-            assert not t.is_alive()
-        assert outcomes == {"hold": None, "a": "a", "b": "ValueError", "c": "c"}
-        assert writer.commits == commits + 2  # hold's batch, then a, b and c's
+        outcomes, commits = _one_batch(store, [(n, put(n, n == "b")) for n in "abc"])
+        assert outcomes == {"a": "a", "b": "ValueError", "c": "c"}
+        assert commits == 2  # the holder's batch, then a, b and c's, run twice, committed once
         with store._live_env().begin() as txn:
             assert txn.get(b"x-a") == b"v"
             assert txn.get(b"x-b") is None
@@ -143,11 +147,6 @@ def test_a_batch_commits_exactly_its_operations_that_did_not_fail(
     exactly the operations that succeeded."""
     path = tmp_path_factory.mktemp("batch") / "s"
     with steplog.open(path) as store:
-        writer, queued = store._writer, store._writer._queue
-        release = threading.Event()
-
-        def hold(txn, batch):  # type: ignore[no-untyped-def]
-            release.wait(10)
 
         def op(i: int, kind: str):  # type: ignore[no-untyped-def]
             def run(txn, batch):  # type: ignore[no-untyped-def]
@@ -161,20 +160,7 @@ def test_a_batch_commits_exactly_its_operations_that_did_not_fail(
 
             return run
 
-        outcomes: dict[str, object] = {}
-        call = _recorder(writer, outcomes)
-        first = threading.Thread(target=call, args=("hold", hold))
-        first.start()
-        _wait_until(lambda: writer._leading and not queued)
-        threads = []
-        for i, kind in enumerate(kinds):
-            threads.append(threading.Thread(target=call, args=(str(i), op(i, kind))))
-            threads[-1].start()
-            _wait_until(lambda n=i + 1: len(queued) >= n)  # type: ignore[misc]
-        release.set()
-        for t in [first, *threads]:
-            t.join(10)
-            assert not t.is_alive()
+        outcomes, _ = _one_batch(store, [(str(i), op(i, kind)) for i, kind in enumerate(kinds)])
         good = [i for i, kind in enumerate(kinds) if kind == "ok"]
         expected: dict[str, object] = {str(i): i for i in good}
         expected |= {
@@ -182,7 +168,7 @@ def test_a_batch_commits_exactly_its_operations_that_did_not_fail(
             for i, kind in enumerate(kinds)
             if kind != "ok"
         }
-        assert outcomes == {"hold": None, **expected}
+        assert outcomes == expected
         with store._live_env().begin() as txn:
             assert [i for i in range(len(kinds)) if txn.get(b"k%d" % i)] == good
             assert txn.get(b"shared") == (b"%d" % good[-1] if good else None)
