@@ -461,9 +461,10 @@ class Store:
         payload: bytes,
         before: Anchor | None = None,
     ) -> None:
-        """Keep a decoded latest delta record: the next load or append starts from it.
-        ``before``: the record before it, decoded too; kept with it as its anchor if
-        the latest is small and that one large (see Latest.anchor_after)."""
+        """Keep a decoded latest record (a delta, or any record that gets an anchor):
+        the next load or append starts from it. ``before``: the record before it,
+        decoded too; kept with it as its anchor if the latest is small and that one
+        large (the rule of Latest.anchor_after, applied to a record read from disk)."""
         if index != hdr.length - 1 or head.seq != hdr.seq:
             return
         anchor = None
