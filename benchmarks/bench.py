@@ -134,6 +134,59 @@ class RawSqlite:
         self.db.close()
 
 
+class RawGroupCommit:
+    """Raw LMDB puts from many threads, each returning once its put is durable, through
+    the commit protocol steplog's writer uses (the first caller leads; callers arriving
+    meanwhile queue; the leader commits all it took, wakes them and hands the lead to
+    the first still queued), minus everything steplog adds: no encoding, no indexes,
+    no per-operation rollback. The ceiling of that protocol in Python on this machine."""
+
+    def __init__(self, path: Path) -> None:
+        self.env = lmdb.open(str(path), map_size=1 << 34, sync=True, metasync=True)
+        self._mutex = threading.Lock()
+        self._queue: list[list[Any]] = []
+        self._leading = False
+        self.commits = 0
+        self.puts = 0
+
+    def put(self, key: bytes, value: bytes) -> None:
+        # a waiter: [key, value, lock released when durable or when made leader, promoted]
+        me = [key, value, threading.Lock(), False]
+        me[2].acquire()
+        with self._mutex:
+            lead = not self._leading
+            if lead:
+                self._leading = True
+            else:
+                self._queue.append(me)
+        if not lead:
+            me[2].acquire()
+            if not me[3]:
+                return
+            with self._mutex:
+                batch, self._queue = self._queue, []
+        else:
+            batch = [me]
+        with self.env.begin(write=True) as txn:
+            for k, v, _, _ in batch:
+                txn.put(k, v)
+        self.commits += 1
+        self.puts += len(batch)
+        with self._mutex:
+            if self._queue:
+                successor = self._queue[0]
+                successor[3] = True
+                successor[2].release()
+            else:
+                self._leading = False
+        for p in batch:
+            if p is not me:
+                p[2].release()
+
+    def close(self) -> None:
+        self.env.close()
+
+
 def timed_rate(count: int, fn: Callable[[], None]) -> float:
     start = time.perf_counter()
     fn()
@@ -268,46 +321,99 @@ def w_single(d: Path, args: dict[str, Any]) -> dict[str, Any]:
 
 
 def w_concurrent(d: Path, args: dict[str, Any]) -> dict[str, Any]:
-    """N writer threads, one run each, 2 KiB states; vs raw LMDB/SQLite at 100 per commit."""
+    """N writer threads, one run each, 2 KiB states. With ``raw``, steplog takes turns
+    (``alternating``) with the yardsticks: raw LMDB at 1 and 100 puts per commit, SQLite
+    at 100, and the two ceilings of any store whose N writers each wait for their own
+    durable write: raw LMDB at N puts per commit to N runs from one thread (perfect
+    batching, no threads), and raw LMDB puts from N threads through ``RawGroupCommit``
+    (steplog's commit protocol with encoding and indexes left out)."""
     writers, per_writer = args["writers"], args["per_writer"]
     base = [sized_state(2048, w) for w in range(writers)]
     lat: list[float] = []
     lock = threading.Lock()
     with steplog.open(d / "steplog") as store:
+        states = list(base)
 
-        def work(w: int) -> None:
-            mine = []
-            st = base[w]
-            for i in range(per_writer):
-                st = next_state(st, i)
-                a = time.perf_counter()
-                store.append(f"w{w}", st)
-                mine.append(time.perf_counter() - a)
-            with lock:
-                lat.extend(mine)
+        def steplog_round(lo: int, hi: int) -> None:
+            def work(w: int) -> None:
+                mine = []
+                st = states[w]
+                for i in range(lo, hi):
+                    st = next_state(st, i)
+                    a = time.perf_counter()
+                    store.append(f"w{w}", st)
+                    mine.append(time.perf_counter() - a)
+                states[w] = st
+                with lock:
+                    lat.extend(mine)
 
-        rate = writers * per_writer / run_threads(writers, work)
+            run_threads(writers, work)
+
+        if not args.get("raw"):
+            t0 = time.perf_counter()
+            steplog_round(0, per_writer)
+            rate = writers * per_writer / (time.perf_counter() - t0)
+            rates: dict[str, float] = {}
+        else:
+            count = writers * per_writer
+            values = keyed([full_record(s) for s in _walks(100, count // 100)], 100)
+            mine = keyed([full_record(s) for s in _walks(writers, per_writer)], writers)
+            engines: dict[str, RawLmdb | RawSqlite] = {
+                "raw_lmdb_1_rate": RawLmdb(d / "raw1", 1),
+                "raw_lmdb_n_rate": RawLmdb(d / "rawn", writers),
+                "raw_lmdb_100_rate": RawLmdb(d / "raw100", 100),
+                "sqlite_100_rate": RawSqlite(d / "sq100", 100),
+            }
+            group = RawGroupCommit(d / "group")
+
+            def group_round(lo: int, hi: int) -> None:
+                def work(w: int) -> None:
+                    for i in range(lo, hi):
+                        group.put(*mine[i * writers + w])
+
+                run_threads(writers, work)
+
+            def engine_round(engine: RawLmdb | RawSqlite) -> Callable[[int, int], None]:
+                # as many writes per round as steplog's writers make
+                return lambda lo, hi: engine.put(values[lo * writers : hi * writers])
+
+            rates = alternating(
+                per_writer,
+                ROUNDS,
+                {
+                    "steplog": steplog_round,
+                    "raw_group_rate": group_round,
+                    **{name: engine_round(engine) for name, engine in engines.items()},
+                },
+            )
+            rates = {name: r * writers for name, r in rates.items()}  # writes, not rounds' steps
+            rate = rates.pop("steplog")
+            for engine in engines.values():
+                engine.close()
+            group.close()
+            rates["raw_group_per_commit"] = group.puts / max(group.commits, 1)
         commits = store._writer.commits
-    out: dict[str, Any] = {
+    return {
         "steplog_rate": rate,
         "append_p50_us": pct(lat, 0.5) * 1e6,
         "append_p99_us": pct(lat, 0.99) * 1e6,
         "appends_per_commit": writers * per_writer / max(commits, 1),
-        "peak_rss_mb": peak_rss_mb(),  # before the yardsticks below add theirs
+        **rates,
     }
-    if args.get("raw"):
-        states = []
-        for w in range(100):
-            st = sized_state(2048, w)
-            for i in range(args["raw_n"] // 100):
-                st = next_state(st, i)
-                states.append(full_record(st))
-        values = keyed(states, 100)
-        for name, engine in (("raw_lmdb_100_rate", RawLmdb), ("sqlite_100_rate", RawSqlite)):
-            yardstick = engine(d / name, 100)
-            out[name] = timed_rate(len(values), lambda: yardstick.put(values))  # noqa: B023
-            yardstick.close()
-    return out
+
+
+def _walks(runs: int, steps: int) -> list[dict[str, Any]]:
+    """``steps`` successive 2 KiB states of each of ``runs`` runs, step-major (the
+    states of step 0 of every run, then of step 1, ...)."""
+    walks = []
+    for r in range(runs):
+        st = sized_state(2048, r)
+        walk = []
+        for i in range(steps):
+            st = next_state(st, i)
+            walk.append(st)
+        walks.append(walk)
+    return [walks[r][i] for i in range(steps) for r in range(runs)]
 
 
 def chat_states(threads: int, steps: int) -> list[list[dict[str, Any]]]:
@@ -404,6 +510,8 @@ def w_langgraph(d: Path, args: dict[str, Any]) -> dict[str, Any]:
     n = threads * steps
     if kind == "asyncsqlite":
         return _lg_async_sqlite(d, work, n)
+    if kind == "raw":
+        return _lg_raw_floor(d, work, n)
     saver = _lg_saver(kind, d)
 
     def put_thread(t: int) -> None:
@@ -443,6 +551,32 @@ def w_langgraph(d: Path, args: dict[str, Any]) -> dict[str, Any]:
         "listed": listed,
         "invokes": invokes,
     }
+
+
+def _lg_raw_floor(d: Path, work: list[list[dict[str, Any]]], n: int) -> dict[str, Any]:
+    """The floor under any durable saver on LMDB: the same threads and calls, each
+    doing only LangGraph's own serialisation (what every saver's put and put_writes
+    start with) and one durable raw LMDB put of 1 KiB (about what steplog stores per
+    call) through RawGroupCommit: no deltas, no indexes, nothing to read back."""
+    from langgraph.checkpoint.base import get_checkpoint_metadata
+    from langgraph.checkpoint.serde.jsonplus import JsonPlusSerializer
+
+    serde = JsonPlusSerializer()
+    group = RawGroupCommit(d / "raw")
+
+    def put_thread(t: int) -> None:
+        config: dict[str, Any] = {"configurable": {"thread_id": f"thread-{t}", "checkpoint_ns": ""}}
+        for i, st in enumerate(work[t]):
+            cp = _lg_checkpoint(st, i)
+            _, c_bytes = serde.dumps_typed(cp)
+            serde.dumps_typed(get_checkpoint_metadata(config, {"source": "loop", "step": i}))
+            group.put(f"c{t}-{i:08}".encode(), c_bytes[:1024])
+            _, w_bytes = serde.dumps_typed(st["messages"][-1])
+            group.put(f"w{t}-{i:08}".encode(), (w_bytes * 4)[:1024])
+
+    rate = n / run_threads(len(work), put_thread)
+    group.close()
+    return {"rate": rate, "per_commit": group.puts / max(group.commits, 1)}
 
 
 def _lg_get_tuples(saver: Any, threads: int) -> list[float]:
@@ -751,16 +885,12 @@ def main() -> None:
     per = 150 if q else 500
     conc: dict[int, dict[str, Any]] = {}
     for writers in (1, 4, 16):
+        args = {"writers": writers, "per_writer": per if writers > 1 else per * 2}
         conc[writers] = results[f"concurrent_{writers}"] = run_one(
-            "concurrent",
-            {
-                "writers": writers,
-                "per_writer": per if writers > 1 else per * 2,
-                "raw": writers == 16,
-                "raw_n": 2000 if q else 20000,
-            },
-            root,
+            "concurrent", {**args, "raw": writers == 16}, root
         )
+        if writers == 16:  # steplog's own peak RSS, without the yardsticks' data
+            conc[writers]["peak_rss_mb"] = run_one("concurrent", args, root)["peak_rss_mb"]
     for writers, r in conc.items():
         ratio = f"{r['steplog_rate'] / conc[1]['steplog_rate']:.1f}x 1 writer"
         if writers == 16:
@@ -775,6 +905,24 @@ def main() -> None:
             f"{r['append_p50_us']:,.0f} / {r['append_p99_us']:,.0f}",
             f"{r['appends_per_commit']:.1f} per commit; peak RSS {r['peak_rss_mb']:.0f} MB",
         )
+    r = conc[16]
+    raw100 = r["raw_lmdb_100_rate"]
+    row(
+        "[3] ceiling: raw LMDB 16 puts/commit to 16 runs, one thread",
+        f"{r['raw_lmdb_n_rate']:,.0f}",
+        f"{r['raw_lmdb_n_rate'] / r['raw_lmdb_1_rate']:.1f}x raw LMDB 1/commit "
+        f"({r['raw_lmdb_1_rate']:,.0f}/s); {r['raw_lmdb_n_rate'] / raw100:.2f}x raw LMDB "
+        "100/commit: 16 writers that each wait for their own durable write, perfectly "
+        "batched",
+    )
+    row(
+        "[3] ceiling: raw LMDB puts from 16 threads, group commit",
+        f"{r['raw_group_rate']:,.0f}",
+        f"{r['raw_group_rate'] / r['raw_lmdb_1_rate']:.1f}x raw LMDB 1/commit; "
+        f"{r['raw_group_rate'] / raw100:.2f}x raw LMDB 100/commit; "
+        f"{r['raw_group_per_commit']:.1f} per commit; steplog 16 writers "
+        f"{r['steplog_rate'] / r['raw_group_rate']:.2f}x this",
+    )
 
     print("async tasks and processes, 2 KiB states", file=sys.stderr)
     r = results["async_100"] = run_one("async", {"tasks": 100, "per_task": 10 if q else 40}, root)
@@ -818,7 +966,7 @@ def main() -> None:
     lg_args = {"threads": 20, "steps": 60 if q else 200, "invokes": 50 if q else 200}
     lg = {
         k: run_one("langgraph", {**lg_args, "kind": k}, root)
-        for k in ("steplog", "sqlite", "asyncsqlite", "memory")
+        for k in ("steplog", "sqlite", "asyncsqlite", "memory", "raw")
     }
     results["langgraph"] = lg
     s_, q_ = lg["steplog"], lg["sqlite"]
@@ -827,6 +975,13 @@ def main() -> None:
         f"{s_['rate']:,.0f}",
         f"{s_['rate'] / q_['rate']:.1f}x SqliteSaver ({q_['rate']:,.0f}/s); AsyncSqliteSaver "
         f"{lg['asyncsqlite']['rate']:,.0f}/s; InMemorySaver {lg['memory']['rate']:,.0f}/s",
+    )
+    row(
+        "[6] floor: LangGraph's serialisation + raw LMDB puts, group commit",
+        f"{lg['raw']['rate']:,.0f}",
+        f"{lg['raw']['rate'] / q_['rate']:.1f}x SqliteSaver; StepLogSaver "
+        f"{s_['rate'] / lg['raw']['rate']:.2f}x this; the same threads and calls, each "
+        "serialising as every saver must, then one durable 1 KiB put",
     )
     row(
         "[6] StepLogSaver bytes per checkpoint",
