@@ -668,3 +668,32 @@ def test_records_are_compressed_outside_the_commit_for_new_and_cold_runs(
         assert store.load("one").state == states[6]
     depths = _depths(path, 1, 7)
     assert depths[6] == depths[5] + 1  # the cold append is a delta on its latest, as before
+
+
+def _blob_state(i: int) -> dict[str, Any]:
+    return {"i": i, "blob": "".join(f"{j:05d}" for j in range(400)), "tail": i}  # ~2 KiB
+
+
+def _cache_counts_match_its_entries(cache: Any) -> None:
+    entries = cache._entries.values()
+    assert cache._bytes == sum(e.size for e in entries)
+    assert cache._stream_bytes == sum(e.stream.memory for e in entries if e.stream)
+
+
+def test_the_cache_counts_what_it_holds_after_a_batch_ends_a_chain(path: Path) -> None:
+    """A batch reaching a keyframe closes the stream its run's cache entry still holds;
+    the cache must take off what it counted for that entry, not the closed stream's
+    size (zero): else every such batch leaks a compressor's worth of budget, until
+    no run keeps a compressor at all."""
+    with steplog.open(path, cache_size=8 << 20) as store:
+        cache = store._cache
+        for r in range(20):
+            store.append(f"r{r}", _blob_state(0))  # the cached latest holds a live stream
+            store.append_many(f"r{r}", [_blob_state(i) for i in range(1, 70)])  # a keyframe
+            _cache_counts_match_its_entries(cache)
+            cache.discard(f"r{r}")
+        assert (cache._bytes, cache._stream_bytes) == (0, 0)
+        store.append("fresh", _blob_state(0))
+        store.append("fresh", _blob_state(1))
+        fresh = cache.get("fresh")
+        assert fresh is not None and fresh.stream is not None  # not stripped for want of room

@@ -700,35 +700,59 @@ def test_an_interrupt_as_the_write_transaction_starts_aborts_it(
         assert store.load("r").state == 2
 
 
-def test_a_leader_interrupted_before_it_takes_its_batch_hands_the_queue_on(path: Path) -> None:
-    """An interrupt landing between a queued caller's being made leader and its taking
-    the queued batch (a window of plain Python lines) must not strand the callers
-    queued behind it, nor close()."""
+#: Lines of the promoted leader's path where an interrupt may land (a signal handler
+#: runs between any two lines): before it takes its batch, while taking it, before
+#: running it, after its commit landed, after its outcome was settled.
+_LEADER_LINES = {
+    "before taking the batch": ("submit", "while self._queue and len(batch) < MAX_BATCH"),
+    "while taking the batch": ("submit", "batch.append(p)"),
+    "calling _commit": ("submit", "interrupt = self._commit(batch, asleep, mine)"),
+    "entering _commit": ("_commit", "live = batch"),
+    "right after the commit": ("_attempt", "self.commits += 1  # first"),
+    "counting the batch": ("_attempt", "self.committed_ops += ok"),
+    "after the outcome": ("_commit", "p.stage = _DECIDED"),
+    "during the hooks": ("_commit", "p.stage = _SETTLED"),
+}
+
+
+@pytest.mark.parametrize("where", list(_LEADER_LINES))
+def test_an_interrupt_anywhere_in_a_promoted_leader_strands_no_caller(
+    path: Path, where: str
+) -> None:
+    """Every caller of the interrupted leader's batch returns, and hears the truth: its
+    result if its write landed, StorageError if not; the queue and close() go on."""
     import inspect
     import sys
 
-    source, first = inspect.getsourcelines(_writer.Writer.submit)
-    line = first + next(i for i, s in enumerate(source) if "count = min(" in s)
+    name, needle = _LEADER_LINES[where]
+    fn = getattr(_writer.Writer, name)
+    source, first = inspect.getsourcelines(fn)
+    line = first + next(i for i, s in enumerate(source) if needle in s)
     with steplog.open(path) as store:
         writer, queued = store._writer, store._writer._queue
         outcomes: dict[str, object] = {}
         call = _recorder(writer, outcomes)
         release = threading.Event()
+        fired: list[int] = []
 
         def hold(txn, batch):  # type: ignore[no-untyped-def]
             release.wait(10)
             return "a"
 
-        def op(name: str):  # type: ignore[no-untyped-def]
-            return lambda txn, batch: name
+        def op(key: str):  # type: ignore[no-untyped-def]
+            def run(txn, batch):  # type: ignore[no-untyped-def]
+                txn.put(key.encode(), b"v")
+                return key
+
+            return run
 
         def tracer(frame, event, arg):  # type: ignore[no-untyped-def]
-            return local if frame.f_code is _writer.Writer.submit.__code__ else None
+            return local if frame.f_code is fn.__code__ else None
 
         def local(frame, event, arg):  # type: ignore[no-untyped-def]
-            if event == "line" and frame.f_lineno == line:
+            if event == "line" and frame.f_lineno == line and not fired:
+                fired.append(len(queued))
                 sys.settrace(None)
-                assert len(queued) == 3  # b itself, c and d behind it
                 raise KeyboardInterrupt
             return local
 
@@ -753,6 +777,192 @@ def test_a_leader_interrupted_before_it_takes_its_batch_hands_the_queue_on(path:
         for t in [a, b, *others]:
             t.join(10)
         assert not any(t.is_alive() for t in [a, b, *others])
-        assert outcomes == {"a": "a", "b": "KeyboardInterrupt", "c": "c", "d": "d"}
-        store.append("r", 1)  # the queue still works
+        assert fired, "the interrupt was not injected"
+        with store._live_env().begin() as txn:
+            landed = {k for k in "bcd" if txn.get(k.encode()) == b"v"}
+        assert outcomes["a"] == "a" and outcomes["b"] == "KeyboardInterrupt"
+        for k in "cd":  # committed in b's batch, or left queued for the next leader's
+            assert outcomes[k] == (k if k in landed else "StorageError"), (k, outcomes, landed)
+        assert "b" not in landed or landed == {"b", "c", "d"}  # b's batch: one transaction
+        assert store.append("r", 1).index == 0  # the queue still works
+    assert not writer._leading
+
+
+class _SlowBegin:
+    """An environment whose top-level write transactions start ``delay`` seconds late,
+    as when another process holds LMDB's write lock."""
+
+    def __init__(self, env: lmdb.Environment, delay: float) -> None:
+        self._env, self._delay = env, delay
+
+    def begin(self, **kw):  # type: ignore[no-untyped-def]
+        if kw.get("write") and kw.get("parent") is None:
+            time.sleep(self._delay)
+        return self._env.begin(**kw)
+
+    def __getattr__(self, name: str):  # type: ignore[no-untyped-def]
+        return getattr(self._env, name)
+
+
+def test_a_committed_caller_does_not_wait_for_a_next_leader_held_up(path: Path) -> None:
+    """Callers of a committed batch are woken by the next leader; if that leader cannot
+    start its transaction (another process holds the write lock), they go on their
+    own, well before it does."""
+    from contextlib import contextmanager
+
+    env = lmdb.open(str(path), max_dbs=0)
+    sessions = [0]
+
+    @contextmanager
+    def session():  # type: ignore[no-untyped-def]
+        sessions[0] += 1
+        yield _SlowBegin(env, 2.0) if sessions[0] == 3 else env  # batches [a], [b, c], [d]
+
+    writer = _writer.Writer(session, lambda: None, lambda: None, lambda: None, lambda: None)
+    returned: dict[str, float] = {}
+    release = threading.Event()
+
+    def call(name: str, op) -> None:  # type: ignore[no-untyped-def]
+        writer.submit(op)
+        returned[name] = time.monotonic()
+
+    def put(name: str, wait=None):  # type: ignore[no-untyped-def]
+        def op(txn, batch):  # type: ignore[no-untyped-def]
+            if wait:
+                wait()
+            txn.put(name.encode(), b"v")
+
+        return op
+
+    threads = {"a": threading.Thread(target=call, args=("a", put("a", lambda: release.wait(10))))}
+    threads["a"].start()
+    _wait_until(lambda: writer._leading and not writer._queue)
+    # b leads [b, c], and waits in it until d has queued: d leads next, and wakes c
+    threads["b"] = threading.Thread(
+        target=call, args=("b", put("b", lambda: _wait_until(lambda: len(writer._queue) >= 1)))
+    )
+    threads["c"] = threading.Thread(target=call, args=("c", put("c")))
+    threads["b"].start()
+    _wait_until(lambda: len(writer._queue) >= 1)
+    threads["c"].start()
+    _wait_until(lambda: len(writer._queue) >= 2)
+    release.set()
+    _wait_until(lambda: not writer._queue)  # [b, c] is running
+    threads["d"] = threading.Thread(target=call, args=("d", put("d")))
+    threads["d"].start()
+    for t in threads.values():
+        t.join(10)
+        assert not t.is_alive()
+    env.close()
+    assert returned["d"] - returned["b"] > 1.5  # d's own batch waited for the lock
+    assert returned["c"] - returned["b"] < 0.5  # c's was durable with b's: it went on
+
+
+def test_an_interrupt_during_the_leaders_chores_leaves_the_batchs_outcome(
+    path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The leader's upkeep after a commit (every RESIDENCY_CHECK_EVERY commits) runs
+    once the outcome is settled: an interrupt there reaches the leader only; the
+    batch's other callers hear that their durable writes succeeded."""
+    with steplog.open(path) as store:
+        writer, queued = store._writer, store._writer._queue
+        outcomes: dict[str, object] = {}
+        call = _recorder(writer, outcomes)
+        release = threading.Event()
+
+        def check() -> None:  # as if SIGINT's handler ran during the upkeep
+            raise KeyboardInterrupt
+
+        first = threading.Thread(target=call, args=("a", lambda txn, b: release.wait(10)))
+        first.start()
+        _wait_until(lambda: writer._leading and not queued)
+        monkeypatch.setattr(_writer, "RESIDENCY_CHECK_EVERY", 1)
+        monkeypatch.setattr(writer, "_keep_small", check)
+        results: dict[str, object] = {}
+
+        def run(name: str) -> None:
+            try:
+                results[name] = store.append(name, 1).index
+            except BaseException as exc:
+                results[name] = type(exc).__name__
+
+        b = threading.Thread(target=run, args=("b",))
+        c = threading.Thread(target=run, args=("c",))
+        b.start()
+        _wait_until(lambda: len(queued) >= 1)
+        c.start()
+        _wait_until(lambda: len(queued) >= 2)
+        release.set()
+        for t in (first, b, c):
+            t.join(10)
+            assert not t.is_alive()
+        monkeypatch.undo()
+        assert store.run("b").length == 1 and store.run("c").length == 1
+        assert results == {"b": "KeyboardInterrupt", "c": 0}
+
+
+def test_a_second_interrupt_as_a_queued_caller_withdraws_leaves_the_queue_working(
+    path: Path,
+) -> None:
+    """The first interrupt ends a queued caller's wait; a second lands before it has
+    taken its op out of the queue. The op must never run nor be made leader."""
+    import inspect
+    import sys
+
+    source, first = inspect.getsourcelines(_writer.Writer.submit)
+    withdraw = first + next(i for i, s in enumerate(source) if "mine.abandoned = True" in s) + 1
+    assert "with self._mutex" in source[withdraw - first]
+    code = _writer.Writer.submit.__code__
+    real_await = _writer._await
+    victims: set[int] = set()
+
+    def interrupted_await(pending) -> None:  # type: ignore[no-untyped-def]
+        if threading.get_ident() in victims:
+            raise KeyboardInterrupt  # the first: it ends the wait
+        real_await(pending)
+
+    def tracer(frame, event, arg):  # type: ignore[no-untyped-def]
+        return local if frame.f_code is code else None
+
+    def local(frame, event, arg):  # type: ignore[no-untyped-def]
+        if event == "line" and frame.f_lineno == withdraw:
+            sys.settrace(None)
+            raise KeyboardInterrupt  # the second, as it withdraws
+        return local
+
+    with steplog.open(path) as store:
+        writer, queued = store._writer, store._writer._queue
+        outcomes: dict[str, object] = {}
+        release = threading.Event()
+        call = _recorder(writer, outcomes)
+
+        def victim() -> None:
+            victims.add(threading.get_ident())
+            sys.settrace(tracer)
+            try:
+                call("victim", lambda txn, batch: txn.put(b"victim", b"v"))
+            finally:
+                sys.settrace(None)
+
+        a = threading.Thread(target=call, args=("a", lambda txn, b: release.wait(10)))
+        a.start()
+        _wait_until(lambda: writer._leading and not queued)
+        _writer._await = interrupted_await  # type: ignore[assignment]
+        try:
+            v = threading.Thread(target=victim)
+            v.start()
+            v.join(10)
+        finally:
+            _writer._await = real_await
+        assert outcomes["victim"] == "KeyboardInterrupt" and len(queued) == 1
+        later = threading.Thread(target=call, args=("later", lambda txn, b: "later"))
+        later.start()
+        _wait_until(lambda: len(queued) >= 2)
+        release.set()
+        for t in (a, later):
+            t.join(10)
+            assert not t.is_alive()
+        assert outcomes["later"] == "later" and not queued
+        with store._live_env().begin() as txn:
+            assert txn.get(b"victim") is None
     assert not writer._leading

@@ -92,6 +92,8 @@ class LatestCache:
         self._bytes = 0
         self._stream_bytes = 0
         self._entries: OrderedDict[str, Latest] = OrderedDict()
+        #: what put() counted for each entry (a stream closed later reports memory 0)
+        self._counted: dict[str, tuple[int, int]] = {}
         self._lock = threading.Lock()
 
     def get(self, run_id: str) -> Latest | None:
@@ -113,9 +115,10 @@ class LatestCache:
             if size > self._max // 8:
                 return
             self._entries[run_id] = entry
+            memory = entry.stream.memory if entry.stream is not None else 0
+            self._counted[run_id] = (size, memory)
             self._bytes += size
-            if entry.stream is not None:
-                self._stream_bytes += entry.stream.memory
+            self._stream_bytes += memory
             if self._stream_bytes > self._max_streams:
                 self._strip_streams()
             while self._bytes > self._max:
@@ -126,11 +129,10 @@ class LatestCache:
             self._remove(run_id)
 
     def _remove(self, run_id: str) -> None:
-        old = self._entries.pop(run_id, None)
-        if old is not None:
-            self._bytes -= old.size
-            if old.stream is not None:
-                self._stream_bytes -= old.stream.memory
+        if self._entries.pop(run_id, None) is not None:
+            size, memory = self._counted.pop(run_id)
+            self._bytes -= size
+            self._stream_bytes -= memory
 
     def _strip_streams(self) -> None:
         """Drop the least recently used entries' compressors until within budget."""
@@ -140,8 +142,10 @@ class LatestCache:
             if entry.stream is not None:
                 stripped = _without_stream(entry)
                 self._entries[run_id] = stripped
-                self._bytes -= entry.size - stripped.size
-                self._stream_bytes -= entry.stream.memory
+                size, memory = self._counted[run_id]
+                self._counted[run_id] = (stripped.size, 0)
+                self._bytes -= size - stripped.size
+                self._stream_bytes -= memory
 
 
 def _without_stream(entry: Latest) -> Latest:

@@ -25,7 +25,9 @@ run while the leader waits on the disk. (Measured on 2 cores: 16 writer threads
 ~8,000 -> ~10,300 appends/s, 20 StepLogSaver threads ~2,100 -> ~2,500 puts/s.) A
 caller thus returns at most ~1 ms of the next batch's operations later (WAKE_AFTER;
 before a heavy operation, at once); with nobody queued, the leader wakes its batch's
-callers right after its commit.
+callers right after its commit. Should the next leader be held up before it gets
+there (LMDB's write lock held by another process, a long first operation), a caller
+whose batch has committed wakes itself within SELF_WAKE.
 """
 
 from __future__ import annotations
@@ -61,6 +63,9 @@ MAX_BATCH = 512
 #: long (seconds), or before a heavy one, even before its flush: deferring their wake
 #: keeps short batches uncontended, and must not make them wait for a long one.
 WAKE_AFTER = 0.001
+#: A caller waits at most this long (seconds) at a time for its wake-up; then, if its
+#: batch has committed and settled, it returns without waiting for the next leader.
+SELF_WAKE = 0.005
 
 
 #: Low bits of a recency seq that number the checkpoints within one transaction.
@@ -91,8 +96,23 @@ class Batch:
 Op = Callable[["Txn", Batch], T]
 
 
+#: _Pending.stage: queued or running; outcome decided (result or error set, the commit
+#: landed or not); settled (its after-commit hooks ran too: the caller may return).
+_OPEN, _DECIDED, _SETTLED = 0, 1, 2
+
+
 class _Pending(Generic[T]):
-    __slots__ = ("done", "error", "heavy", "hooks", "op", "promoted", "result")
+    __slots__ = (
+        "abandoned",
+        "done",
+        "error",
+        "heavy",
+        "hooks",
+        "op",
+        "promoted",
+        "result",
+        "stage",
+    )
 
     def __init__(self, op: Op[T], heavy: bool) -> None:
         self.op = op
@@ -100,6 +120,9 @@ class _Pending(Generic[T]):
         self.done = threading.Lock()
         self.done.acquire()
         self.promoted = False
+        #: its caller left while queued (an interrupt): never run it, never promote it
+        self.abandoned = False
+        self.stage = _OPEN
         self.result: T | None = None
         self.error: BaseException | None = None
         self.hooks: list[Callable[[], None]] = []
@@ -139,8 +162,10 @@ class Writer:
         previous batch are woken before it rather than after it."""
         mine: _Pending[T] = _Pending(op, heavy)
         lead = False
-        callers: list[_Pending[Any]] = []
+        batch: list[_Pending[Any]] = []
+        asleep: list[_Pending[Any]] = []
         interrupt: BaseException | None = None
+        clean = False
         try:  # from here on, leaving as leader (by an interrupt too) hands the role on
             with self._mutex:
                 if self._closing:
@@ -148,49 +173,57 @@ class Writer:
                 lead = not self._leading
                 if lead:  # nobody is queued: lead a batch of one, without queueing
                     self._leading = True
+                    batch.append(mine)
                 else:
                     self._queue.append(mine)
             if not lead:
-                try:
-                    mine.done.acquire()  # released when committed, or when made leader
-                except BaseException:  # an interrupt: take the op out of the queue
-                    with self._mutex:
-                        if mine in self._queue:
-                            self._queue.remove(mine)
-                    raise  # if it had just been made leader, the finally passes that on
+                _await(mine)  # until committed, or made leader
                 if not mine.promoted:
+                    clean = True
                     return _outcome(mine)
-            batch: list[_Pending[Any]] | None = [mine] if lead else None
-            asleep: list[_Pending[Any]] = []
-            while True:
-                if batch is None:
-                    with self._mutex:
-                        count = min(len(self._queue), MAX_BATCH)
-                        batch = [self._queue.popleft() for _ in range(count)]
-                        asleep, self._deferred = self._deferred, []
-                interrupt = self._commit(batch, asleep, mine) or interrupt
-                callers = [p for p in batch if p is not mine]
-                if mine.promoted or mine in batch:
-                    break
-                with self._mutex:
-                    self._deferred = callers
-                callers = []
-                batch = None
-        finally:  # the queue must not lose its leader
-            if lead or mine.promoted:
-                self._hand_off(callers, mine)
+                with self._mutex:  # take the batch: each op is queued or in it, at all times
+                    while self._queue and len(batch) < MAX_BATCH:
+                        p = self._queue[0]
+                        if not p.abandoned:
+                            batch.append(p)
+                        self._queue.popleft()
+                    asleep, self._deferred = self._deferred, []
+            interrupt = self._commit(batch, asleep, mine)
+            clean = True
+        finally:  # the queue must not lose its leader, nor a taken op its caller
+            if not clean and not lead and not mine.promoted:  # an interrupt while queued
+                mine.abandoned = True  # first: a second interrupt may cut what follows
+                with self._mutex:  # (under it, a hand-off skips abandoned ops)
+                    if mine in self._queue:
+                        self._queue.remove(mine)
+            if lead or mine.promoted:  # made leader before it could be abandoned
+                if not clean:  # an interrupt
+                    for p in batch:
+                        if p.stage == _OPEN:  # taken, never run to an outcome
+                            p.error = p.error or StorageError(
+                                "the commit was interrupted; nothing of this operation was written"
+                            )
+                        p.stage = _SETTLED
+                    _wake(asleep)
+                self._hand_off([p for p in batch if p is not mine], mine, scrub=not clean)
         if interrupt is not None:
             raise interrupt  # this thread's interrupt, after its batch's outcome was settled
         return _outcome(mine)
 
-    def _hand_off(self, callers: list[_Pending[Any]], leaving: _Pending[Any]) -> None:
+    def _hand_off(
+        self, callers: list[_Pending[Any]], leaving: _Pending[Any], scrub: bool = False
+    ) -> None:
         """The leader (whose own operation is ``leaving``) is done: pass the role to the
         first queued caller, who wakes ``callers`` (this batch's) after running its own
         batch; or, with nobody queued, stop leading and wake them now. (A leader leaving
-        by an interrupt before it took its batch takes its own op out of the queue.)"""
+        by an interrupt takes its own op out of the queue, and with ``scrub`` any of
+        ``callers`` an interrupt left there.)"""
         with self._mutex:
-            if leaving in self._queue:
-                self._queue.remove(leaving)
+            for p in (leaving, *callers) if scrub else (leaving,):
+                if p in self._queue:
+                    self._queue.remove(p)
+            while self._queue and self._queue[0].abandoned:
+                self._queue.popleft()
             if self._queue:
                 self._deferred = self._deferred + callers  # the successor wakes them
                 callers = []
@@ -222,16 +255,12 @@ class Writer:
         live = batch
         interrupt = None
         isolate = False
+        committed = self.commits
         try:
             while True:
                 try:
                     committed = self.commits
                     interrupt = self._attempt(live, asleep, isolate)
-                    if self.commits != committed:
-                        if self.commits % READER_CHECK_EVERY == 0:
-                            self._tidy(self._maintain)
-                        if self.commits % RESIDENCY_CHECK_EVERY == 0:
-                            self._tidy(self._keep_small)
                     break
                 except _Isolate:
                     isolate = True  # an operation failed: roll it back alone this time
@@ -251,14 +280,27 @@ class Writer:
         except Exception as exc:  # StorageError from map growth, or a bug: fail the batch
             for p in live:
                 p.error = p.error or exc
-        except BaseException as exc:  # an interrupt of this thread before the commit landed
-            gone = StorageError(
-                f"the commit was interrupted ({type(exc).__name__}); nothing of this batch "
-                "was written"
-            )
-            for p in live:
-                p.error = p.error or (exc if p is mine else gone)
-        _wake(asleep)
+        except BaseException as exc:  # an interrupt of this thread
+            if self.commits != committed:  # after the commit landed: the batch stands
+                interrupt = interrupt or exc
+            else:
+                gone = StorageError(
+                    f"the commit was interrupted ({type(exc).__name__}); nothing of this "
+                    "batch was written"
+                )
+                for p in live:
+                    p.error = p.error or (exc if p is mine else gone)
+        try:  # the outcome is settled: an interrupt from here on is only re-raised later
+            for p in batch:
+                p.stage = _DECIDED
+            _wake(asleep)
+            if self.commits != committed:
+                if self.commits % READER_CHECK_EVERY == 0:
+                    self._tidy(self._maintain)
+                if self.commits % RESIDENCY_CHECK_EVERY == 0:
+                    self._tidy(self._keep_small)
+        except BaseException as exc:
+            interrupt = interrupt or exc
         for p in batch:
             if p.error is None:
                 for hook in p.hooks:
@@ -268,6 +310,7 @@ class Writer:
                         pass
                     except BaseException as exc:  # an interrupt: re-raised once all is settled
                         interrupt = interrupt or exc
+            p.stage = _SETTLED
         return interrupt
 
     def _attempt(
@@ -314,16 +357,21 @@ class Writer:
                     return None
                 _wake(asleep)  # they run while this commit waits on the disk
                 interrupt = None
+                counted = self.commits
                 try:
                     txn.commit()
+                    self.commits += 1  # first, as _commit reads a landed commit off it
                 except BaseException as exc:
                     # An interrupt (a signal handler runs as soon as commit returns)
                     # may arrive after the commit landed: then the batch is durable,
                     # and its callers must hear so. LMDB's last committed id tells.
-                    if isinstance(exc, Exception) or env.info()["last_txnid"] < txn_id:
+                    if isinstance(exc, Exception):
                         raise
+                    if self.commits == counted:
+                        if env.info()["last_txnid"] < txn_id:
+                            raise
+                        self.commits += 1
                     interrupt = exc
-                self.commits += 1
                 self.committed_ops += ok
                 return interrupt
             except BaseException:
@@ -342,6 +390,15 @@ class Writer:
 class _Isolate(Exception):
     """An operation of a batch run without nested transactions failed: run the batch
     again with each operation in its own."""
+
+
+def _await(pending: _Pending[Any]) -> None:
+    """Sleep until ``pending`` is made leader or woken with its outcome; past SELF_WAKE,
+    go without the wake-up if its batch has settled (the next leader, who would wake
+    it, may be held up)."""
+    while not pending.done.acquire(timeout=SELF_WAKE):
+        if pending.stage == _SETTLED:
+            return
 
 
 def _wake(callers: list[_Pending[Any]]) -> None:
