@@ -187,12 +187,6 @@ class RawGroupCommit:
         self.env.close()
 
 
-def timed_rate(count: int, fn: Callable[[], None]) -> float:
-    start = time.perf_counter()
-    fn()
-    return count / (time.perf_counter() - start)
-
-
 def alternating(
     n: int, rounds: int, engines: dict[str, Callable[[int, int], None]]
 ) -> dict[str, float]:
