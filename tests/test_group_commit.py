@@ -62,9 +62,6 @@ def test_concurrent_appends_share_commits(path: Path) -> None:
 def test_one_callers_error_fails_only_that_caller(path: Path) -> None:
     with steplog.open(path) as store:
         store.append("shared", 0, workflow_id="wf")
-        release = threading.Event()
-        holder = threading.Thread(target=lambda: _hold(store, release))
-        holder.start()
         results: dict[int, object] = {}
 
         def call(i: int) -> None:
@@ -79,9 +76,7 @@ def test_one_callers_error_fails_only_that_caller(path: Path) -> None:
             except steplog.StepLogError as exc:
                 results[i] = type(exc)
 
-        threading.Timer(0.3, release.set).start()
-        assert not _run_threads(8, call)
-        holder.join()
+        _queued_together(store, 8, call)
         assert results[0] is IndexConflict
         assert results[1] is WorkflowMismatch
         assert all(results[i] == "ok" for i in range(2, 8))
@@ -177,6 +172,17 @@ def test_a_batch_commits_exactly_its_operations_that_did_not_fail(
 def _hold(store: steplog.Store, release: threading.Event) -> None:
     with store._gate.exclusive():
         release.wait()
+
+
+def _queued_together(store: steplog.Store, n: int, call) -> None:  # type: ignore[no-untyped-def]
+    """Run ``call(i)`` from ``n`` threads while the writer is held for 0.3 s, so their
+    writes queue up and commit together."""
+    release = threading.Event()
+    holder = threading.Thread(target=lambda: _hold(store, release))
+    holder.start()
+    threading.Timer(0.3, release.set).start()
+    assert not _run_threads(n, call)
+    holder.join()
 
 
 def test_append_many_is_atomic(path: Path) -> None:
@@ -686,11 +692,11 @@ def test_an_interrupt_as_the_write_transaction_starts_aborts_it(
     real = _writer.Batch.__init__
     hits = [0]
 
-    def interrupted(self, txn_id: int) -> None:  # type: ignore[no-untyped-def]
+    def interrupted(self, txn_id: int, headers: object = None) -> None:  # type: ignore[no-untyped-def]
         hits[0] += 1
         if hits[0] == 1:
             raise KeyboardInterrupt
-        real(self, txn_id)
+        real(self, txn_id, headers)
 
     with steplog.open(path) as store:
         monkeypatch.setattr(_writer.Batch, "__init__", interrupted)
@@ -966,3 +972,54 @@ def test_a_second_interrupt_as_a_queued_caller_withdraws_leaves_the_queue_workin
         with store._live_env().begin() as txn:
             assert txn.get(b"victim") is None
     assert not writer._leading
+
+
+def test_appends_follow_every_other_write_of_this_process(path: Path) -> None:
+    """The writer keeps the run headers its appends wrote between commits; any other
+    write (a purge, a batch, a fork, a deletion) may change them, so an append after
+    one must see what it did."""
+    with steplog.open(path) as store:
+        for i in range(3):
+            store.append("r", i, workflow_id="w1")
+        assert store.purge("r") == 3
+        again = store.append("r", "again", workflow_id="w2")
+        assert (again.index, again.workflow_id) == (0, "w2")
+        with store.batch() as b:
+            b.purge("r")
+            b.append("r", "x", workflow_id="w3")
+        assert store.append("r", "y").index == 1
+        assert store.delete_latest("r") is not None
+        assert store.append("r", "z").index == 1
+        store.fork("r", 1, "f")
+        assert store.append("f", "f1").index == 1
+        assert store.append_many("r", ["m1", "m2"])[-1].index == 3
+        assert store.append("r", "last").index == 4
+        assert [c.state for c in store.history("r")] == ["x", "z", "m1", "m2", "last"]
+        assert store.run("r").workflow_id == "w3"
+        assert store.verify().ok
+
+
+def test_an_append_refused_in_a_batch_leaves_the_kept_headers_true(path: Path) -> None:
+    """Appends of one batch, one of them refused: the writer must keep only what the
+    others wrote (a kept header ahead of the store would misplace the next append)."""
+    with steplog.open(path) as store:
+        store.append("a", 0)
+        store.append("b", 0)
+        results: dict[int, object] = {}
+
+        def call(i: int) -> None:
+            try:
+                if i == 0:
+                    results[i] = store.append("a", "stale", expected_index=0).index
+                else:
+                    results[i] = store.append("b", i).index
+            except IndexConflict:
+                results[i] = IndexConflict
+
+        _queued_together(store, 4, call)
+        assert results[0] is IndexConflict
+        assert sorted(results[i] for i in (1, 2, 3)) == [1, 2, 3]  # type: ignore[type-var]
+        assert store.append("a", "next").index == 1
+        assert store.append("b", "next").index == 4
+        assert [c.state for c in store.history("a")] == [0, "next"]
+        assert store.verify().ok

@@ -253,3 +253,29 @@ def test_full_store_is_usable_again_when_space_returns(path: Path) -> None:
             store.append("r", os.urandom(40_000))
         assert store.run("r").length == written + 20
         assert store.verify().ok
+
+
+def test_an_append_after_another_process_rewrote_the_run_follows_that_run(path: Path) -> None:
+    """The writer keeps the run headers its appends wrote, to skip reading them; a
+    commit by another process in between (here: the run purged and made again under
+    another workflow) must make it read them afresh."""
+    script = (
+        "import sys, steplog\n"
+        "with steplog.open(sys.argv[1]) as s:\n"
+        "    s.purge('r')\n"
+        "    s.append('r', 'a', workflow_id='w2')\n"
+        "    s.append('r', 'b')\n"
+    )
+    with steplog.open(path) as store:
+        store.append("r", 0, workflow_id="w1")
+        store.append("r", 1)
+        store.append("r", 2)
+        subprocess.run([sys.executable, "-c", script, str(path)], check=True)
+        mine = store.append("r", "mine")
+        assert (mine.index, mine.workflow_id) == (2, "w2")
+        assert [c.state for c in store.history("r")] == ["a", "b", "mine"]
+        with pytest.raises(IndexConflict):
+            store.append("r", "late", expected_index=2)
+        assert store.latest("w2") is not None and store.latest("w2").state == "mine"
+        assert store.latest("w1") is None
+        assert store.verify().ok

@@ -37,6 +37,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from contextlib import AbstractContextManager
+from itertools import islice
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 import lmdb
@@ -68,6 +69,9 @@ WAKE_AFTER = 0.001
 SELF_WAKE = 0.005
 
 
+#: Run headers the writer keeps between its commits (see Batch.headers).
+MAX_HEADERS = 1 << 16
+
 #: Low bits of a recency seq that number the checkpoints within one transaction.
 SEQ_SHIFT = 24
 _SEQ_MASK = (1 << SEQ_SHIFT) - 1
@@ -75,14 +79,34 @@ _SEQ_MASK = (1 << SEQ_SHIFT) - 1
 
 class Batch:
     """What one group commit's operations share: hooks to run after a durable commit, a
-    scratch space (e.g. payloads written earlier in the same batch) and the seq clock."""
+    scratch space (e.g. payloads written earlier in the same batch), the seq clock, and
+    the run headers known without reading them.
 
-    __slots__ = ("_seq", "after_commit", "scratch")
+    ``headers``: run headers (by encoded run id) as of the start of this transaction,
+    from the writer's earlier commits, or None when they may not be used: another
+    writer (process or handle) committed since, or an operation of this batch not
+    known to keep them (anything but a plain append) has run. ``new_headers``: the
+    headers appends of this batch wrote; the writer keeps them once it commits."""
 
-    def __init__(self, txn_id: int) -> None:
+    __slots__ = ("_seq", "after_commit", "headers", "new_headers", "scratch")
+
+    def __init__(self, txn_id: int, headers: dict[bytes, Any] | None = None) -> None:
         self.after_commit: list[Callable[[], None]] = []
         self.scratch: dict[Any, Any] = {}
         self._seq = txn_id << SEQ_SHIFT
+        self.headers = headers
+        self.new_headers: dict[bytes, Any] = {}
+
+    def header(self, rid: bytes) -> Any:
+        """The run's header if known without reading it (None: read it)."""
+        if self.headers is None:
+            return None
+        hdr = self.new_headers.get(rid)
+        return hdr if hdr is not None else self.headers.get(rid)
+
+    def wrote_header(self, rid: bytes, hdr: Any) -> None:
+        if self.headers is not None:
+            self.new_headers[rid] = hdr
 
     def next_seq(self) -> int:
         """A store-wide unique, increasing recency seq: LMDB's id of this write
@@ -108,15 +132,18 @@ class _Pending(Generic[T]):
         "error",
         "heavy",
         "hooks",
+        "keeps_headers",
         "op",
         "promoted",
         "result",
         "stage",
     )
 
-    def __init__(self, op: Op[T], heavy: bool) -> None:
+    def __init__(self, op: Op[T], heavy: bool, keeps_headers: bool = False) -> None:
         self.op = op
         self.heavy = heavy
+        #: the op reads and writes run headers only through Batch.header/wrote_header
+        self.keeps_headers = keeps_headers
         self.done = threading.Lock()
         self.done.acquire()
         self.promoted = False
@@ -155,12 +182,18 @@ class Writer:
         #: Group commits that reached disk, and operations they acknowledged.
         self.commits = 0
         self.committed_ops = 0
+        #: run headers as of this writer's last commit (see Batch.headers), and the id
+        #: of that commit's transaction: valid while the next one gets the next id
+        self._headers: dict[bytes, Any] = {}
+        self._headers_txn = -2
 
-    def submit(self, op: Op[T], *, heavy: bool = False) -> T:
+    def submit(self, op: Op[T], *, heavy: bool = False, keeps_headers: bool = False) -> T:
         """Run ``op`` in the next group commit; return its result once durable.
         ``heavy``: the op may run long (a purge, a large batch), so callers of the
-        previous batch are woken before it rather than after it."""
-        mine: _Pending[T] = _Pending(op, heavy)
+        previous batch are woken before it rather than after it. ``keeps_headers``:
+        the op reads and writes run headers only through ``Batch.header`` and
+        ``Batch.wrote_header`` (so the writer may keep them across commits)."""
+        mine: _Pending[T] = _Pending(op, heavy, keeps_headers)
         lead = False
         batch: list[_Pending[Any]] = []
         asleep: list[_Pending[Any]] = []
@@ -325,13 +358,17 @@ class Writer:
             txn = env.begin(write=True)
             try:  # from here on, whatever raises (an interrupt too) aborts the transaction
                 txn_id = txn.id()
-                shared = Batch(txn_id)
+                if txn_id != self._headers_txn + 1:  # another writer committed since
+                    self._headers.clear()
+                shared = Batch(txn_id, self._headers)
                 started = time.perf_counter() if asleep else 0.0
                 ok = 0
                 for p in batch:
                     if asleep and (p.heavy or time.perf_counter() - started > WAKE_AFTER):
                         _wake(asleep)  # a long batch: do not hold durable callers back
                     p.error = None
+                    if not p.keeps_headers:
+                        shared.headers = None  # it may change headers unseen
                     mark = len(shared.after_commit)
                     child = env.begin(write=True, parent=txn) if nested else txn
                     try:
@@ -343,6 +380,7 @@ class Writer:
                             child.abort()
                         raise
                     except Exception as exc:  # the op's own failure: roll back just it
+                        shared.headers = None  # what it wrote to new_headers is void
                         if nested:
                             child.abort()
                         elif len(batch) > 1:
@@ -361,6 +399,7 @@ class Writer:
                 try:
                     txn.commit()
                     self.commits += 1  # first, as _commit reads a landed commit off it
+                    self._keep_headers(shared, txn_id)
                 except BaseException as exc:
                     # An interrupt (a signal handler runs as soon as commit returns)
                     # may arrive after the commit landed: then the batch is durable,
@@ -371,12 +410,26 @@ class Writer:
                         if env.info()["last_txnid"] < txn_id:
                             raise
                         self.commits += 1
+                    self._keep_headers(shared, txn_id)
                     interrupt = exc
                 self.committed_ops += ok
                 return interrupt
             except BaseException:
                 txn.abort()
                 raise
+
+    def _keep_headers(self, shared: Batch, txn_id: int) -> None:
+        """After commit ``txn_id``: keep the headers its appends wrote, or none if an
+        operation may have changed headers unseen."""
+        headers = self._headers
+        if shared.headers is None:
+            headers.clear()
+        elif shared.new_headers:
+            headers.update(shared.new_headers)
+            if len(headers) > MAX_HEADERS:  # the longest known first
+                for rid in list(islice(headers, len(headers) - MAX_HEADERS // 2)):
+                    del headers[rid]
+        self._headers_txn = txn_id
 
     @staticmethod
     def _tidy(chore: Callable[[], object]) -> None:

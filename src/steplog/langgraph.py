@@ -453,7 +453,7 @@ class StepLogSaver(
         cid = checkpoint["id"]
         c_type, c_bytes = self.serde.dumps_typed(checkpoint)
         m_type, m_bytes = self.serde.dumps_typed(get_checkpoint_metadata(config, metadata))
-        self.store.append(
+        self.store._append_quietly(
             _run("c", thread_id, ns),
             {"c": [c_type, c_bytes], "m": [m_type, m_bytes], "p": parent},
             workflow_id=_workflow(thread_id),
@@ -475,7 +475,7 @@ class StepLogSaver(
         for idx, (channel, value) in enumerate(writes):
             type_, data = self.serde.dumps_typed(value)
             encoded.append([WRITES_IDX_MAP.get(channel, idx), channel, type_, data])
-        self.store.append(
+        self.store._append_quietly(
             _run("c", thread_id, ns),
             {"t": task_id, "p": task_path, "w": encoded},
             workflow_id=_workflow(thread_id),

@@ -249,9 +249,11 @@ class Store:
         engine.live()
         return engine
 
-    def _write(self, op: Callable[[Txn, Batch], T], *, heavy: bool = False) -> T:
+    def _write(
+        self, op: Callable[[Txn, Batch], T], *, heavy: bool = False, keeps_headers: bool = False
+    ) -> T:
         self._live_env()
-        return self._writer.submit(op, heavy=heavy)
+        return self._writer.submit(op, heavy=heavy, keeps_headers=keeps_headers)
 
     # ------------------------------------------------------------------ helpers (in txn)
 
@@ -650,7 +652,15 @@ class Store:
         IndexConflict (carrying the actual next index) and nothing is written.
         """
         req = self._prepare(run_id, state, workflow_id, node, status, metadata, expected_index)
-        return self._write(req.apply)
+        return req.checkpoint(self._write(req.apply, keeps_headers=True))
+
+    def _append_quietly(
+        self, run_id: str, state: Any, *, workflow_id: str | None = None, node: str | None = None
+    ) -> None:
+        """:meth:`append` for callers that do not use the Checkpoint (the LangGraph
+        saver): the same write, without building its result."""
+        req = self._prepare(run_id, state, workflow_id, node, Status.RUNNING, None, None)
+        self._write(req.apply, keeps_headers=True)
 
     def append_many(
         self,
@@ -777,8 +787,12 @@ class Store:
             latest = replace(latest, pos=_record.NO_STREAM)
         return latest, None
 
-    def _apply_append(self, req: _AppendRequest, txn: Txn, batch: Batch) -> Checkpoint:
-        old = self._header(txn, req.rid)
+    def _apply_append(self, req: _AppendRequest, txn: Txn, batch: Batch) -> _RunHeader:
+        """Write the append; return the run's new header (the caller makes the
+        Checkpoint, outside the leader's transaction: see _AppendRequest.checkpoint)."""
+        old = batch.header(req.rid)
+        if old is None:
+            old = self._header(txn, req.rid)
         if old is None:
             now = time.time_ns()
             hdr = _RunHeader(
@@ -810,18 +824,8 @@ class Store:
             req.body,
             req.after,
         )
-        return Checkpoint(
-            run_id=req.run_id,
-            index=hdr.length,
-            workflow_id=new.workflow_id,
-            created_at=_to_datetime(new.updated_ns),
-            status=req.status,
-            node=req.node,
-            state=req.state,
-            metadata=req.metadata,
-            parent_run_id=new.parent_run_id,
-            parent_index=new.parent_index,
-        )
+        batch.wrote_header(req.rid, new)
+        return new
 
     def fork(
         self,
@@ -1389,8 +1393,23 @@ class _AppendRequest:
         self.payload = payload
         self.state = state
 
-    def apply(self, txn: Txn, batch: Batch) -> Checkpoint:
+    def apply(self, txn: Txn, batch: Batch) -> _RunHeader:
         return self.store._apply_append(self, txn, batch)
+
+    def checkpoint(self, new: _RunHeader) -> Checkpoint:
+        """The appended checkpoint, from the run's header right after the append."""
+        return Checkpoint(
+            run_id=self.run_id,
+            index=new.length - 1,
+            workflow_id=new.workflow_id,
+            created_at=_to_datetime(new.updated_ns),
+            status=self.status,
+            node=self.node,
+            state=self.state,
+            metadata=self.metadata,
+            parent_run_id=new.parent_run_id,
+            parent_index=new.parent_index,
+        )
 
 
 class AppendBatch:
@@ -1399,7 +1418,8 @@ class AppendBatch:
 
     def __init__(self, store: Store) -> None:
         self._store = store
-        self._ops: list[Callable[[Txn, Batch], Checkpoint | None]] = []
+        #: each queued write: an append's request (None for a purge), and its op
+        self._ops: list[tuple[_AppendRequest | None, Callable[[Txn, Batch], Any]]] = []
         self._last: dict[str, _AppendRequest] = {}  # each run's latest queued append
         #: each run's newest stream a keyframe of this batch started
         self._streams: dict[str, _record.Stream] = {}
@@ -1412,9 +1432,14 @@ class AppendBatch:
         ops, self._ops = self._ops, []
         if ops:
             results = self._store._write(
-                lambda txn, batch: [op(txn, batch) for op in ops], heavy=len(ops) > HEAVY_BATCH
+                lambda txn, batch: [op(txn, batch) for _req, op in ops],
+                heavy=len(ops) > HEAVY_BATCH,
             )
-            self.checkpoints = [cp for cp in results if cp is not None]
+            self.checkpoints = [
+                req.checkpoint(new)
+                for (req, _op), new in zip(ops, results, strict=True)
+                if req is not None
+            ]
         return self.checkpoints
 
     def append(
@@ -1449,7 +1474,7 @@ class AppendBatch:
                 older.close()
             if body.stream is not None:
                 self._streams[run_id] = body.stream
-        self._ops.append(req.apply)
+        self._ops.append((req, req.apply))
 
     def purge(
         self, run_id: str, *, missing_ok: bool = False, expected_index: int | None = None
@@ -1472,7 +1497,7 @@ class AppendBatch:
                 return
             store._apply_purge(txn, batch, run_id, rid)
 
-        self._ops.append(op)
+        self._ops.append((None, op))
 
 
 def _node_indices(
