@@ -528,6 +528,7 @@ def w_langgraph(d: Path, args: dict[str, Any]) -> dict[str, Any]:
     listed = len(list(saver.list({"configurable": {"thread_id": "thread-0"}})))
     list_ms = (time.perf_counter() - a) * 1e3
     invokes = _lg_invokes(saver, args["invokes"])
+    fanout = _lg_fanout_get_tuples(saver, work[0])
     # as a restarted worker reads: a saver opened afresh on the same file (for
     # steplog, nothing of the threads cached yet)
     if kind == "steplog":
@@ -544,6 +545,7 @@ def w_langgraph(d: Path, args: dict[str, Any]) -> dict[str, Any]:
         "list_ms": list_ms,
         "listed": listed,
         "invokes": invokes,
+        "get_tuple_fanout_p50_us": pct(fanout, 0.5) * 1e6,
     }
 
 
@@ -583,6 +585,29 @@ def _lg_get_tuples(saver: Any, threads: int) -> list[float]:
         }
         a = time.perf_counter()
         saver.get_tuple(cfg)
+        lat.append(time.perf_counter() - a)
+    return lat
+
+
+#: Tasks writing after each checkpoint in the fan-out read row (one put_writes each).
+FANOUT_TASKS = 3
+
+
+def _lg_fanout_get_tuples(saver: Any, states: list[dict[str, Any]]) -> list[float]:
+    """A thread whose every checkpoint has the writes of FANOUT_TASKS tasks (parallel
+    nodes, each one put_writes), as the growing chat: latencies of 300 get_tuple
+    calls of its latest checkpoint."""
+    config: dict[str, Any] = {"configurable": {"thread_id": "fanout", "checkpoint_ns": ""}}
+    for i, st in enumerate(states[:100]):
+        cp = _lg_checkpoint(st, i)
+        config = saver.put(config, cp, {"source": "loop", "step": i}, cp["channel_versions"])
+        for k in range(FANOUT_TASKS):
+            saver.put_writes(config, [("messages", st["messages"][-1])], f"task-{i}-{k}")
+    latest = {"configurable": {"thread_id": "fanout", "checkpoint_ns": ""}}
+    lat = []
+    for _ in range(300):
+        a = time.perf_counter()
+        saver.get_tuple(latest)
         lat.append(time.perf_counter() - a)
     return lat
 
@@ -995,6 +1020,13 @@ def main() -> None:
         f"{s_['get_tuple_reopened_p50_us']:.0f}",
         f"SqliteSaver {q_['get_tuple_reopened_p50_us']:.0f}; as a restarted worker reads "
         "(steplog: a thread's first read decodes its delta chain, later ones hit the cache)",
+    )
+    row(
+        f"[6] get_tuple p50, {FANOUT_TASKS} tasks' writes per checkpoint (us)",
+        f"{s_['get_tuple_fanout_p50_us']:.0f}",
+        f"SqliteSaver {q_['get_tuple_fanout_p50_us']:.0f}; InMemorySaver "
+        f"{lg['memory']['get_tuple_fanout_p50_us']:.0f}; a thread of 100 checkpoints, each "
+        "followed by one put_writes per task (parallel nodes)",
     )
     row(
         f"[6] list one thread ({s_['listed']} checkpoints), ms",

@@ -415,23 +415,23 @@ def test_tuples_read_again_are_fresh_objects(saver: StepLogSaver) -> None:
     assert again.metadata["step"] == 1 and again.pending_writes[0][2] == [3]
 
 
-def test_a_restarted_process_decodes_a_threads_latest_checkpoint_once(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """After a restart nothing is cached: the first get_tuple of a thread walks the
-    delta chain of its latest checkpoint; it must keep what it decoded (the writes
-    record, the run's latest, and the large checkpoint record before it), so the
-    next get_tuple of the thread decodes nothing."""
+def _chat_with_tasks(saver: StepLogSaver, steps: int, tasks: int) -> list[str]:
+    """A growing chat of ``steps`` checkpoints on thread "t", each followed by the
+    writes of ``tasks`` tasks (one put_writes each); returns the messages."""
+    messages: list[str] = []
+    config = _cfg("t")
+    for n in range(1, steps + 1):
+        messages.append(f"message {n} " + "words " * 60)
+        config = saver.put(config, _cp(n, {"m": list(messages)}), {"step": n}, {"m": n})
+        for k in range(tasks):
+            saver.put_writes(config, [("m", [f"reply {n}.{k:02}"])], f"task-{k:02}")
+    return messages
+
+
+def _count_decodes(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """A counter of the records decoded from disk from now on (one-element list)."""
     from steplog import _record
 
-    path = tmp_path / "store"
-    messages: list[str] = []
-    with StepLogSaver.from_path(path) as first:
-        config = _cfg("t")
-        for n in range(1, 40):
-            messages.append(f"message {n} " + "words " * 60)
-            config = first.put(config, _cp(n, {"m": list(messages)}), {"step": n}, {"m": n})
-            first.put_writes(config, [("m", [f"reply {n}"])], f"task-{n}")
     decoded = [0]
     real = _record.Chain.decode
 
@@ -440,16 +440,54 @@ def test_a_restarted_process_decodes_a_threads_latest_checkpoint_once(
         return real(self, *args, **kwargs)
 
     monkeypatch.setattr(_record.Chain, "decode", counting)
+    return decoded
+
+
+@pytest.mark.parametrize("tasks", [1, 3])
+def test_a_restarted_process_decodes_a_threads_latest_checkpoint_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, tasks: int
+) -> None:
+    """After a restart nothing is cached: the first get_tuple of a thread walks the
+    delta chain of its latest checkpoint; it must keep what it decoded (the writes
+    records, the last of them the run's latest, and the large checkpoint record
+    before them), so the next get_tuple of the thread decodes nothing. With several
+    tasks, each put_writes is a record of its own after the checkpoint."""
+    path = tmp_path / "store"
+    with StepLogSaver.from_path(path) as first:
+        messages = _chat_with_tasks(first, 39, tasks)
+    decoded = _count_decodes(monkeypatch)
     with StepLogSaver.from_path(path) as second:
         got = second.get_tuple(_cfg("t"))
         assert got is not None and got.checkpoint["channel_values"] == {"m": messages}
-        assert got.pending_writes[0][2] == ["reply 39"]
+        assert [w[2] for w in got.pending_writes] == [[f"reply 39.{k:02}"] for k in range(tasks)]
         assert decoded[0] > 2  # the chain behind the latest checkpoint was walked
         decoded[0] = 0
         again = second.get_tuple(_cfg("t"))
         assert again is not None and again.checkpoint == got.checkpoint
         assert again.pending_writes == got.pending_writes
         assert decoded[0] == 0
-        config = second.put(_cfg("t"), _cp(40, {"m": messages[:1]}), {"step": 40}, {"m": 40})
+        second.put(_cfg("t"), _cp(40, {"m": messages[:1]}), {"step": 40}, {"m": 40})
         newest = second.get_tuple(_cfg("t"))
         assert newest is not None and newest.checkpoint["channel_values"] == {"m": messages[:1]}
+
+
+@pytest.mark.parametrize("tasks", [3, 40])
+def test_a_checkpoint_with_writes_of_several_tasks_is_read_without_decoding_its_chain(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, tasks: int
+) -> None:
+    """In the process that wrote them, a checkpoint and the writes records of its
+    tasks (one record per put_writes) are all cached: get_tuple decodes nothing, up
+    to MAX_ANCHORS records after the checkpoint; past that, reads walk the chain and
+    still return every write."""
+    from steplog import _cache
+
+    with StepLogSaver.from_path(tmp_path / "store") as saver:
+        messages = _chat_with_tasks(saver, 11, tasks)
+        decoded = _count_decodes(monkeypatch)
+        got = saver.get_tuple(_cfg("t"))
+        assert got is not None and got.checkpoint["channel_values"] == {"m": messages}
+        assert [w[2] for w in got.pending_writes] == [[f"reply 11.{k:02}"] for k in range(tasks)]
+        if tasks <= _cache.MAX_ANCHORS:
+            assert decoded[0] == 0
+        else:
+            assert decoded[0] > 0

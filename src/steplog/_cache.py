@@ -17,6 +17,9 @@ from steplog._record import DELTA_MIN_BYTES, NO_STREAM, Stream
 
 #: Default bytes of decoded payloads kept: 1,000 hot runs of ~64 KiB states.
 DEFAULT_CACHE_BYTES = 64 << 20
+#: Records a latest entry keeps before it (see Latest.anchors): past this many small
+#: records after a large one, the run's next entries keep none.
+MAX_ANCHORS = 32
 
 
 @dataclass(slots=True)  # never mutated; not frozen: a frozen init costs ~0.5 us
@@ -34,9 +37,10 @@ class Latest:
     its chain if known) decodes to ``payload``; if ``stream`` is set, the record is
     block ``pos`` of that live stream, which the run's next record may continue.
 
-    ``anchor``: when the latest record is small and follows a large one (a LangGraph
-    checkpoint's pending writes after it), that large record, so reading it does not
-    decode its chain again."""
+    ``anchors``: when the latest record is small and follows a large one and maybe
+    other small ones (a LangGraph checkpoint, then its pending writes, one record per
+    task), those records, oldest first, so reading them does not decode their chain
+    again."""
 
     index: int
     seq: int
@@ -45,14 +49,14 @@ class Latest:
     stream: Stream | None = None
     pos: int = 0
     big: int | None = None
-    anchor: Anchor | None = None
+    anchors: tuple[Anchor, ...] = ()
 
     @property
     def size(self) -> int:
         """Bytes held: the payloads and any live compressor."""
         return (
             len(self.payload)
-            + (len(self.anchor.payload) if self.anchor is not None else 0)
+            + sum(len(a.payload) for a in self.anchors)
             + (self.stream.memory if self.stream is not None else 0)
         )
 
@@ -60,20 +64,23 @@ class Latest:
         """The decoded payload of record ``index`` with recency ``seq``, if held."""
         if index == self.index and seq == self.seq:
             return self.payload
-        anchor = self.anchor
-        if anchor is not None and index == anchor.index and seq == anchor.seq:
-            return anchor.payload
+        for anchor in self.anchors:
+            if index == anchor.index and seq == anchor.seq:
+                return anchor.payload
         return None
 
-    def anchor_after(self, payload: bytes) -> Anchor | None:
-        """The anchor of the record after this one (decoding to ``payload``): this
-        record if that one is small and this one large; this record's anchor if both
-        are small; else none."""
+    def anchors_after(self, payload: bytes) -> tuple[Anchor, ...]:
+        """The anchors of the record after this one (decoding to ``payload``): none if
+        that one is large; this record if it is large; else this record's anchors and
+        this record, if it has any (up to MAX_ANCHORS)."""
         if len(payload) >= DELTA_MIN_BYTES:
-            return None
+            return ()
+        mine = Anchor(self.index, self.seq, self.payload)
         if len(self.payload) >= DELTA_MIN_BYTES:
-            return Anchor(self.index, self.seq, self.payload)
-        return self.anchor
+            return (mine,)
+        if not self.anchors or len(self.anchors) >= MAX_ANCHORS:
+            return ()
+        return (*self.anchors, mine)
 
 
 class LatestCache:
@@ -151,5 +158,12 @@ class LatestCache:
 def _without_stream(entry: Latest) -> Latest:
     """The entry minus its compressor: the run's chain goes on as dictionary deltas."""
     return Latest(
-        entry.index, entry.seq, entry.depth, entry.payload, None, NO_STREAM, entry.big, entry.anchor
+        entry.index,
+        entry.seq,
+        entry.depth,
+        entry.payload,
+        None,
+        NO_STREAM,
+        entry.big,
+        entry.anchors,
     )

@@ -419,16 +419,18 @@ class Store:
         return None
 
     def _held(self, run_id: str, hdr: _RunHeader, index: int) -> bytes | None:
-        """The cached payload of record ``index``: the run's latest, or the large one
-        before a small latest. (While the entry is the run's latest, the records
-        before it are the ones it saw: a run only changes at its end.)"""
+        """The cached payload of record ``index``: the run's latest, or one of the
+        records it keeps before it (its anchors). (While the entry is the run's latest,
+        the records before it are the ones it saw: a run only changes at its end.)"""
         hit = self._cache.get(run_id)
         if hit is None or hit.seq != hdr.seq or hit.index != hdr.length - 1:
             return None
         if index == hit.index:
             return hit.payload
-        anchor = hit.anchor
-        return anchor.payload if anchor is not None and anchor.index == index else None
+        for anchor in hit.anchors:
+            if anchor.index == index:
+                return anchor.payload
+        return None
 
     def _node_index(self, txn: Txn, hdr: _RunHeader, node: bytes) -> int | None:
         """Index of the run's latest checkpoint written by ``node``."""
@@ -461,19 +463,19 @@ class Store:
         index: int,
         head: _record.Header,
         payload: bytes,
-        before: Anchor | None = None,
+        before: Latest | None = None,
     ) -> None:
-        """Keep a decoded latest record (a delta, or any record that gets an anchor):
-        the next load or append starts from it. ``before``: the record before it,
-        decoded too; kept with it as its anchor if the latest is small and that one
-        large (the rule of Latest.anchor_after, applied to a record read from disk)."""
+        """Keep a decoded latest record (a delta, or any record that gets anchors): the
+        next load or append starts from it. ``before``: the record before it, decoded
+        too (with its own anchors); kept with it as the rule of Latest.anchors_after
+        says, as for a record appended."""
         if index != hdr.length - 1 or head.seq != hdr.seq:
             return
-        anchor = None
+        anchors: tuple[Anchor, ...] = ()
         if before is not None and before.index == index - 1:
-            anchor = Latest(before.index, before.seq, 0, before.payload).anchor_after(payload)
-        if head.depth or anchor is not None:
-            self._cache.put(run_id, Latest(index, head.seq, head.depth, payload, anchor=anchor))
+            anchors = before.anchors_after(payload)
+        if head.depth or anchors:
+            self._cache.put(run_id, Latest(index, head.seq, head.depth, payload, anchors=anchors))
 
     @staticmethod
     def _assemble(
@@ -557,7 +559,7 @@ class Store:
         created_ns = max(time.time_ns(), hdr.updated_ns)
         prev: Latest | None = None
         if body is not None and self._follows(body, after, hdr, batch):
-            if len(payload) < _record.DELTA_MIN_BYTES:  # its anchor may be needed
+            if len(payload) < _record.DELTA_MIN_BYTES:  # its anchors may be needed
                 # the record compressed against: the cache entry, or one of this batch
                 prev = after if after is not None and after.seq == hdr.seq else None
                 prev = prev or batch.scratch.get(hdr.run_no)
@@ -586,8 +588,8 @@ class Store:
             seq=seq,
         )
         self._set_recency(txn, old, new)
-        anchor = prev.anchor_after(payload) if prev is not None else None
-        latest = Latest(index, seq, depth, payload, body.stream, body.pos, body.big, anchor)
+        anchors = prev.anchors_after(payload) if prev is not None else ()
+        latest = Latest(index, seq, depth, payload, body.stream, body.pos, body.big, anchors)
         older: Latest | None = batch.scratch.get(hdr.run_no)
         stale = older.stream if older is not None else None
         if depth == 0 and stale is not None and stale is not body.stream:
@@ -1555,8 +1557,9 @@ class _View:
         self._store = store
         self._txn = txn
         self._headers: dict[str, _RunHeader | None] = {}
-        #: the record last decoded from disk, by run: the anchor of a small latest
-        self._decoded: dict[str, Anchor] = {}
+        #: the record last decoded from disk, by run, with its anchors: what a small
+        #: latest decoded right after it keeps
+        self._decoded: dict[str, Latest] = {}
 
     def _header(self, run_id: str) -> _RunHeader | None:
         try:
@@ -1636,8 +1639,10 @@ class _View:
         payload = store._held(run_id, hdr, at)
         if payload is None:
             head, payload = store._payload(self._txn, hdr, run_id, at)
-            store._cache_if_latest(run_id, hdr, at, head, payload, self._decoded.get(run_id))
-            self._decoded[run_id] = Anchor(at, head.seq, payload)
+            before = self._decoded.get(run_id)
+            store._cache_if_latest(run_id, hdr, at, head, payload, before)
+            anchors = before.anchors_after(payload) if before and before.index == at - 1 else ()
+            self._decoded[run_id] = Latest(at, head.seq, head.depth, payload, anchors=anchors)
             node, _metadata, state = _record.decode_payload(run_id, at, payload)
             return node, state
         return _DECODED.get(run_id, at, payload)
