@@ -697,3 +697,92 @@ def test_the_cache_counts_what_it_holds_after_a_batch_ends_a_chain(path: Path) -
         store.append("fresh", _blob_state(1))
         fresh = cache.get("fresh")
         assert fresh is not None and fresh.stream is not None  # not stripped for want of room
+
+
+def test_a_read_of_an_older_snapshot_leaves_the_runs_stream(path: Path) -> None:
+    """A read whose snapshot predates the run's latest commit decodes its latest from
+    disk; keeping that older record in the cache would drop the writer's newer entry
+    and its live stream (the next append a keyframe, and every read of the run's
+    latest a chain walk). It must leave the newer entry as it is."""
+    import threading
+
+    states = _states(6)
+    with steplog.open(path) as store:
+        for st in states[:3]:
+            store.append("r", st)
+        appended = threading.Event()
+        seen: list[Any] = []
+
+        def read_old_snapshot() -> None:
+            def fn(txn: Any) -> None:
+                hdr = store._header(txn, b"r")
+                appended.wait(10)  # the snapshot stays as it was when the read began
+                seen.append(store._checkpoint(txn, "r", hdr, hdr.length - 1).state)
+
+            store._read(fn)
+
+        reader = threading.Thread(target=read_old_snapshot)
+        reader.start()
+        store.append("r", states[3])
+        newer = store._cache.get("r")
+        appended.set()
+        reader.join(10)
+        assert seen == [states[2]]
+        assert store._cache.get("r") is newer  # not replaced by the older record
+        assert newer is not None and newer.stream is not None
+        for st in states[4:]:
+            store.append("r", st)
+        assert store.load("r").state == states[5]
+    assert _codecs(path, 1, 6)[4:] == [_record.CODEC_STREAM_NEXT] * 2  # the stream went on
+
+
+def test_a_record_cached_by_a_stale_read_gives_way_to_the_runs_latest(path: Path) -> None:
+    """A read of a snapshot from before a delete_latest may cache the deleted record,
+    whose seq is above the run's latest since; a later read must still replace it with
+    the latest (the record, not the seq, was committed before that read's snapshot)."""
+    import threading
+
+    states = _states(3)
+    with steplog.open(path) as store:
+        for st in states:
+            store.append("r", st)
+        deleted = threading.Event()
+
+        def read_old_snapshot() -> None:
+            def fn(txn: Any) -> None:
+                hdr = store._header(txn, b"r")
+                deleted.wait(10)
+                store._checkpoint(txn, "r", hdr, hdr.length - 1)
+
+            store._read(fn)
+
+        reader = threading.Thread(target=read_old_snapshot)
+        reader.start()
+        store.delete_latest("r")
+        deleted.set()
+        reader.join(10)
+        stale = store._cache.get("r")
+        assert stale is not None and stale.index == 2  # the deleted record, cached
+        assert store.load("r").state == states[1]
+        latest = store._cache.get("r")
+        assert latest is not None and latest.index == 1
+
+
+def test_the_cache_takes_from_a_read_only_what_is_not_older_than_it_holds() -> None:
+    """LatestCache.put of an entry a read decoded: a newer entry held stays; for the
+    same record the held entry keeps its stream and gains the read's anchors; an entry
+    committed before the read's snapshot gives way."""
+    from steplog._cache import Anchor, Latest, LatestCache
+
+    stream = _record.Stream(4096)
+    cache = LatestCache(1 << 20)
+    cache.put("r", Latest(5, 7 << 24 | 1, 1, b"five", stream, stream.pos))
+    cache.put("r", Latest(4, 6 << 24 | 1, 1, b"four"), read_before=7 << 24)  # older read
+    assert cache.get("r").payload == b"five"  # type: ignore[union-attr]
+    anchors = (Anchor(4, 6 << 24 | 1, b"four"),)
+    cache.put("r", Latest(5, 7 << 24 | 1, 1, b"five", anchors=anchors), read_before=8 << 24)
+    held = cache.get("r")
+    assert held is not None and held.stream is stream and held.anchors == anchors
+    cache.put("r", Latest(3, 5 << 24 | 1, 1, b"three"), read_before=9 << 24)  # e.g. after a
+    assert cache.get("r").payload == b"three"  # type: ignore[union-attr]  # delete_latest
+    stream.close()

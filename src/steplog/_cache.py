@@ -110,14 +110,37 @@ class LatestCache:
                 self._entries.move_to_end(run_id)
             return entry
 
-    def put(self, run_id: str, entry: Latest) -> None:
+    def put(self, run_id: str, entry: Latest, *, read_before: int | None = None) -> None:
         """Make ``entry`` the run's entry; one too large to keep still evicts the old
-        one (which no longer describes the run's latest)."""
+        one (which no longer describes the run's latest).
+
+        ``read_before``: the entry was decoded by a read whose snapshot predates every
+        seq from this one on. An entry held with such a seq (a commit landed since the
+        snapshot) stays: a read never replaces a newer entry, nor takes its live stream.
+        For the same record, the entry held stays and takes the read's anchors."""
         size = entry.size
         if size > self._max // 8 and entry.stream is not None:
             entry = _without_stream(entry)
             size = entry.size
         with self._lock:
+            held = self._entries.get(run_id)
+            if read_before is not None and held is not None:
+                if held.seq == entry.seq:  # the same record: it keeps its stream
+                    if held.anchors or not entry.anchors:
+                        return
+                    entry = Latest(
+                        held.index,
+                        held.seq,
+                        held.depth,
+                        held.payload,
+                        held.stream,
+                        held.pos,
+                        held.big,
+                        entry.anchors,
+                    )
+                    size = entry.size
+                elif held.seq >= read_before:  # committed after the read's snapshot
+                    return
             self._remove(run_id)
             if size > self._max // 8:
                 return

@@ -27,7 +27,7 @@ import msgspec
 from steplog import _cache, _engine, _env, _keys, _record, _residency, _validate
 from steplog._cache import Anchor, Latest
 from steplog._keys import U64
-from steplog._writer import Batch
+from steplog._writer import SEQ_SHIFT, Batch
 from steplog.errors import (
     CheckpointNotFound,
     CorruptRecord,
@@ -453,11 +453,12 @@ class Store:
         (the write's own after-commit hook caches what it wrote)."""
         head, payload = self._payload(txn, hdr, run_id, index, raw)
         if cache:
-            self._cache_if_latest(run_id, hdr, index, head, payload)
+            self._cache_if_latest(txn, run_id, hdr, index, head, payload)
         return self._assemble(run_id, index, hdr, head, payload, type_)
 
     def _cache_if_latest(
         self,
+        txn: Txn,
         run_id: str,
         hdr: _RunHeader,
         index: int,
@@ -475,7 +476,8 @@ class Store:
         if before is not None and before.index == index - 1:
             anchors = before.anchors_after(payload)
         if head.depth or anchors:
-            self._cache.put(run_id, Latest(index, head.seq, head.depth, payload, anchors=anchors))
+            entry = Latest(index, head.seq, head.depth, payload, anchors=anchors)
+            self._cache.put(run_id, entry, read_before=(txn.id() + 1) << SEQ_SHIFT)
 
     @staticmethod
     def _assemble(
@@ -1640,7 +1642,7 @@ class _View:
         if payload is None:
             head, payload = store._payload(self._txn, hdr, run_id, at)
             before = self._decoded.get(run_id)
-            store._cache_if_latest(run_id, hdr, at, head, payload, before)
+            store._cache_if_latest(self._txn, run_id, hdr, at, head, payload, before)
             anchors = before.anchors_after(payload) if before and before.index == at - 1 else ()
             self._decoded[run_id] = Latest(at, head.seq, head.depth, payload, anchors=anchors)
             node, _metadata, state = _record.decode_payload(run_id, at, payload)
