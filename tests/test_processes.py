@@ -279,3 +279,21 @@ def test_an_append_after_another_process_rewrote_the_run_follows_that_run(path: 
         assert store.latest("w2") is not None and store.latest("w2").state == "mine"
         assert store.latest("w1") is None
         assert store.verify().ok
+
+
+def test_a_handles_max_record_size_holds_for_what_another_handle_cached(path: Path) -> None:
+    """Handles in one process share the payload cache; one with a smaller
+    max_record_size must still refuse a record larger than it, as it does cold."""
+    big = {"blob": "x" * 300_000, "n": 1}
+    with steplog.open(path) as wide:
+        wide.append("r", {"blob": "y" * 300_000, "n": 0})
+        wide.append("r", big)
+        assert wide.load("r").state == big  # cached now
+        with steplog.open(path, max_record_size=100_000) as narrow:
+            with pytest.raises(steplog.CorruptRecord, match="max_record_size"):
+                narrow.load("r")
+            with pytest.raises(steplog.CorruptRecord, match="max_record_size"):
+                narrow.load("r", 0)
+            with pytest.raises(steplog.CorruptRecord, match="max_record_size"):
+                list(narrow.history("r"))
+        assert wide.load("r").state == big

@@ -329,8 +329,8 @@ class Store:
         limit = self.max_record_size
         hit = self._cache.get(run_id)
         held = hit.payload_of(index, head.seq) if hit is not None else None
-        if held is not None:
-            return head, held
+        if held is not None and len(held) <= limit:  # (a handle with a larger limit
+            return head, held  # may have cached it: this one reads it as if cold)
         if head.depth == 0:
             return head, _record.Chain().decode(run_id, index, raw, head, limit)
         keyframe = index - head.depth
@@ -414,7 +414,12 @@ class Store:
     def _cached_latest(self, run_id: str, hdr: _RunHeader, index: int) -> Latest | None:
         """The cached payload of record ``index``, if it is the run's latest."""
         hit = self._cache.get(run_id)
-        if hit is not None and hit.seq == hdr.seq and hit.index == index:
+        if (
+            hit is not None
+            and hit.seq == hdr.seq
+            and hit.index == index
+            and len(hit.payload) <= self.max_record_size
+        ):
             return hit
         return None
 
@@ -425,12 +430,12 @@ class Store:
         hit = self._cache.get(run_id)
         if hit is None or hit.seq != hdr.seq or hit.index != hdr.length - 1:
             return None
-        if index == hit.index:
-            return hit.payload
+        held = hit.payload if index == hit.index else None
         for anchor in hit.anchors:
             if anchor.index == index:
-                return anchor.payload
-        return None
+                held = anchor.payload
+        # a handle with a larger max_record_size may have cached it: read it as if cold
+        return held if held is not None and len(held) <= self.max_record_size else None
 
     def _node_index(self, txn: Txn, hdr: _RunHeader, node: bytes) -> int | None:
         """Index of the run's latest checkpoint written by ``node``."""
