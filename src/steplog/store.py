@@ -66,8 +66,9 @@ _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _NO_STATUS = -1
 
 
-class _RunHeader(msgspec.Struct, array_like=True):
-    """``runs`` value: the run's segment header."""
+class _RunHeader(msgspec.Struct, array_like=True, frozen=True):
+    """``runs`` value: the run's segment header. Frozen: the writer keeps the headers
+    its appends wrote across commits (see Batch.headers), shared, never copied."""
 
     run_no: int
     run_id: str
