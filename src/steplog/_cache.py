@@ -54,11 +54,10 @@ class Latest:
     @property
     def size(self) -> int:
         """Bytes held: the payloads and any live compressor."""
-        return (
-            len(self.payload)
-            + sum(len(a.payload) for a in self.anchors)
-            + (self.stream.memory if self.stream is not None else 0)
-        )
+        held = len(self.payload) + (self.stream.memory if self.stream is not None else 0)
+        for anchor in self.anchors:  # a loop: a generator costs ~1 us per call here
+            held += len(anchor.payload)
+        return held
 
     def payload_of(self, index: int, seq: int) -> bytes | None:
         """The decoded payload of record ``index`` with recency ``seq``, if held."""
