@@ -715,6 +715,7 @@ _LEADER_LINES = {
     "calling _commit": ("submit", "interrupt = self._commit(batch, asleep, mine)"),
     "entering _commit": ("_commit", "live = batch"),
     "right after the commit": ("_attempt", "self.commits += 1  # first"),
+    "keeping the headers": ("_attempt", "self._keep_headers(shared, txn_id)"),
     "counting the batch": ("_attempt", "self.committed_ops += ok"),
     "after the outcome": ("_commit", "p.stage = _DECIDED"),
     "during the hooks": ("_commit", "p.stage = _SETTLED"),
@@ -1023,3 +1024,21 @@ def test_an_append_refused_in_a_batch_leaves_the_kept_headers_true(path: Path) -
         assert store.append("b", "next").index == 4
         assert [c.state for c in store.history("a")] == [0, "next"]
         assert store.verify().ok
+
+
+def test_a_failure_keeping_the_headers_does_not_fail_the_committed_batch(path: Path) -> None:
+    """The writer keeps the batch's headers after the commit landed; should that fail
+    (say, MemoryError), the batch still succeeded: its callers hear so, and the writer
+    forgets the headers rather than trusting a half-kept set."""
+
+    class Failing(dict):  # type: ignore[type-arg]
+        def update(self, *args: object, **kwargs: object) -> None:
+            raise MemoryError
+
+    with steplog.open(path) as store:
+        store.append("r", 0)
+        store._writer._headers = Failing(store._writer._headers)
+        assert store.append("r", 1).index == 1  # committed, and told so
+        assert not isinstance(store._writer._headers, Failing)
+        assert store.append("r", 2).index == 2
+        assert [c.state for c in store.history("r")] == [0, 1, 2]

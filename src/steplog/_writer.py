@@ -399,7 +399,6 @@ class Writer:
                 try:
                     txn.commit()
                     self.commits += 1  # first, as _commit reads a landed commit off it
-                    self._keep_headers(shared, txn_id)
                 except BaseException as exc:
                     # An interrupt (a signal handler runs as soon as commit returns)
                     # may arrive after the commit landed: then the batch is durable,
@@ -410,8 +409,8 @@ class Writer:
                         if env.info()["last_txnid"] < txn_id:
                             raise
                         self.commits += 1
-                    self._keep_headers(shared, txn_id)
                     interrupt = exc
+                self._keep_headers(shared, txn_id)
                 self.committed_ops += ok
                 return interrupt
             except BaseException:
@@ -419,16 +418,23 @@ class Writer:
                 raise
 
     def _keep_headers(self, shared: Batch, txn_id: int) -> None:
-        """After commit ``txn_id``: keep the headers its appends wrote, or none if an
-        operation may have changed headers unseen."""
+        """After commit ``txn_id`` landed: keep the headers its appends wrote, or none
+        if an operation may have changed headers unseen. Never raises: the batch has
+        succeeded (an interrupt midway leaves ``_headers_txn`` behind, so the next
+        transaction drops them)."""
         headers = self._headers
-        if shared.headers is None:
-            headers.clear()
-        elif shared.new_headers:
-            headers.update(shared.new_headers)
-            if len(headers) > MAX_HEADERS:  # the longest known first
-                for rid in list(islice(headers, len(headers) - MAX_HEADERS // 2)):
-                    del headers[rid]
+        try:
+            if shared.headers is None:
+                headers.clear()
+            elif shared.new_headers:
+                headers.update(shared.new_headers)
+                if len(headers) > MAX_HEADERS:  # the longest known first
+                    for rid in list(islice(headers, len(headers) - MAX_HEADERS // 2)):
+                        del headers[rid]
+        except Exception:  # (MemoryError) forget them all rather than fail the batch
+            self._headers = {}
+            self._headers_txn = -2
+            return
         self._headers_txn = txn_id
 
     @staticmethod
