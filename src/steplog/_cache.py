@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from steplog._record import DELTA_MIN_BYTES, NO_STREAM, Stream
 
@@ -127,16 +127,7 @@ class LatestCache:
                 if held.seq == entry.seq:  # the same record: it keeps its stream
                     if held.anchors or not entry.anchors:
                         return
-                    entry = Latest(
-                        held.index,
-                        held.seq,
-                        held.depth,
-                        held.payload,
-                        held.stream,
-                        held.pos,
-                        held.big,
-                        entry.anchors,
-                    )
+                    entry = replace(held, anchors=entry.anchors)
                     size = entry.size
                 elif held.seq >= read_before:  # committed after the read's snapshot
                     return

@@ -25,7 +25,7 @@ import lmdb
 import msgspec
 
 from steplog import _cache, _engine, _env, _keys, _record, _residency, _validate
-from steplog._cache import Anchor, Latest
+from steplog._cache import Latest
 from steplog._keys import U64
 from steplog._writer import SEQ_SHIFT, Batch
 from steplog.errors import (
@@ -328,10 +328,10 @@ class Store:
             raw = self._raw_record(txn, hdr, run_id, index)
         head = _record.read_header(run_id, index, raw)
         limit = self.max_record_size
-        hit = self._cache.get(run_id)
+        hit = self._cached(run_id)
         held = hit.payload_of(index, head.seq) if hit is not None else None
-        if held is not None and len(held) <= limit:  # (a handle with a larger limit
-            return head, held  # may have cached it: this one reads it as if cold)
+        if held is not None:
+            return head, held
         if head.depth == 0:
             return head, _record.Chain().decode(run_id, index, raw, head, limit)
         keyframe = index - head.depth
@@ -412,15 +412,25 @@ class Store:
         head, payload = self._payload(txn, hdr, run_id, index)
         return Latest(index, head.seq, head.depth, payload)
 
+    def _cached(self, run_id: str) -> Latest | None:
+        """The run's cache entry, unless it holds a payload over this handle's
+        max_record_size: handles in one process share the cache, and a record past
+        this handle's limit is read as if cold (and refused the same way)."""
+        hit = self._cache.get(run_id)
+        if hit is None:
+            return None
+        limit = self.max_record_size
+        if len(hit.payload) > limit:
+            return None
+        for anchor in hit.anchors:
+            if len(anchor.payload) > limit:
+                return None
+        return hit
+
     def _cached_latest(self, run_id: str, hdr: _RunHeader, index: int) -> Latest | None:
         """The cached payload of record ``index``, if it is the run's latest."""
-        hit = self._cache.get(run_id)
-        if (
-            hit is not None
-            and hit.seq == hdr.seq
-            and hit.index == index
-            and len(hit.payload) <= self.max_record_size
-        ):
+        hit = self._cached(run_id)
+        if hit is not None and hit.seq == hdr.seq and hit.index == index:
             return hit
         return None
 
@@ -428,15 +438,15 @@ class Store:
         """The cached payload of record ``index``: the run's latest, or one of the
         records it keeps before it (its anchors). (While the entry is the run's latest,
         the records before it are the ones it saw: a run only changes at its end.)"""
-        hit = self._cache.get(run_id)
+        hit = self._cached(run_id)
         if hit is None or hit.seq != hdr.seq or hit.index != hdr.length - 1:
             return None
-        held = hit.payload if index == hit.index else None
+        if index == hit.index:
+            return hit.payload
         for anchor in hit.anchors:
             if anchor.index == index:
-                held = anchor.payload
-        # a handle with a larger max_record_size may have cached it: read it as if cold
-        return held if held is not None and len(held) <= self.max_record_size else None
+                return anchor.payload
+        return None
 
     def _node_index(self, txn: Txn, hdr: _RunHeader, node: bytes) -> int | None:
         """Index of the run's latest checkpoint written by ``node``."""
@@ -459,31 +469,17 @@ class Store:
         (the write's own after-commit hook caches what it wrote)."""
         head, payload = self._payload(txn, hdr, run_id, index, raw)
         if cache:
-            self._cache_if_latest(txn, run_id, hdr, index, head, payload)
+            self._cache_if_latest(txn, run_id, hdr, Latest(index, head.seq, head.depth, payload))
         return self._assemble(run_id, index, hdr, head, payload, type_)
 
-    def _cache_if_latest(
-        self,
-        txn: Txn,
-        run_id: str,
-        hdr: _RunHeader,
-        index: int,
-        head: _record.Header,
-        payload: bytes,
-        before: Latest | None = None,
-    ) -> None:
-        """Keep a decoded latest record (a delta, or any record that gets anchors): the
-        next load or append starts from it. ``before``: the record before it, decoded
-        too (with its own anchors); kept with it as the rule of Latest.anchors_after
-        says, as for a record appended."""
-        if index != hdr.length - 1 or head.seq != hdr.seq:
+    def _cache_if_latest(self, txn: Txn, run_id: str, hdr: _RunHeader, decoded: Latest) -> None:
+        """Keep a record just decoded from disk in ``txn`` (with the anchors the read
+        found before it) if it is the run's latest and a delta or anchored: the next
+        load or append starts from it."""
+        if decoded.index != hdr.length - 1 or decoded.seq != hdr.seq:
             return
-        anchors: tuple[Anchor, ...] = ()
-        if before is not None and before.index == index - 1:
-            anchors = before.anchors_after(payload)
-        if head.depth or anchors:
-            entry = Latest(index, head.seq, head.depth, payload, anchors=anchors)
-            self._cache.put(run_id, entry, read_before=(txn.id() + 1) << SEQ_SHIFT)
+        if decoded.depth or decoded.anchors:
+            self._cache.put(run_id, decoded, read_before=(txn.id() + 1) << SEQ_SHIFT)
 
     @staticmethod
     def _assemble(
@@ -1648,9 +1644,10 @@ class _View:
         if payload is None:
             head, payload = store._payload(self._txn, hdr, run_id, at)
             before = self._decoded.get(run_id)
-            store._cache_if_latest(self._txn, run_id, hdr, at, head, payload, before)
             anchors = before.anchors_after(payload) if before and before.index == at - 1 else ()
-            self._decoded[run_id] = Latest(at, head.seq, head.depth, payload, anchors=anchors)
+            decoded = Latest(at, head.seq, head.depth, payload, anchors=anchors)
+            store._cache_if_latest(self._txn, run_id, hdr, decoded)
+            self._decoded[run_id] = decoded
             node, _metadata, state = _record.decode_payload(run_id, at, payload)
             return node, state
         return _DECODED.get(run_id, at, payload)
