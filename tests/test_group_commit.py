@@ -21,7 +21,9 @@ def path(tmp_path: Path) -> Path:
     return tmp_path / "s"
 
 
-def _run_threads(n: int, target) -> list[BaseException]:  # type: ignore[no-untyped-def]
+def _run_threads(n: int, target, timeout: float | None = None) -> list[BaseException]:  # type: ignore[no-untyped-def]
+    """Run ``target(i)`` in ``n`` threads; their exceptions. With ``timeout``, each must
+    have returned by then."""
     errors: list[BaseException] = []
 
     def wrap(i: int) -> None:
@@ -34,29 +36,50 @@ def _run_threads(n: int, target) -> list[BaseException]:  # type: ignore[no-unty
     for t in threads:
         t.start()
     for t in threads:
-        t.join()
+        t.join(timeout)
+        assert not t.is_alive()
     return errors
+
+
+def _stall_writer(store: steplog.Store, seconds: float = 0.3) -> threading.Thread:
+    """Hold the store's gate for ``seconds`` so that appends queue up meanwhile; join
+    the returned thread."""
+    release = threading.Event()
+
+    def hold() -> None:
+        with store._gate.exclusive():
+            release.wait()
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    threading.Timer(seconds, release.set).start()
+    return holder
 
 
 def test_concurrent_appends_share_commits(path: Path) -> None:
     with steplog.open(path) as store:
-        gate = store._gate
-        release = threading.Event()
-
-        def hold() -> None:
-            with gate.exclusive():  # stall the writer so appends queue up
-                release.wait()
-
-        holder = threading.Thread(target=hold)
-        holder.start()
-        timer = threading.Timer(0.3, release.set)
-        timer.start()
+        holder = _stall_writer(store)
         errors = _run_threads(16, lambda i: [store.append(f"r{i}", {"i": j}) for j in range(5)])
         holder.join()
         assert not errors
         assert sum(r.length for r in store.runs()) == 80
         assert store._writer.committed_ops == 80
         assert store._writer.commits < 80
+
+
+def test_each_woken_caller_wakes_the_next_of_its_batch(
+    path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Callers of a committed batch are woken in a chain (the leader wakes one, each
+    wakes the next): every one of them returns without waking itself."""
+    monkeypatch.setattr(_writer, "SELF_WAKE", 60.0)  # a broken chain would stall here
+    with steplog.open(path) as store:
+        holder = _stall_writer(store)
+        errors = _run_threads(12, lambda i: store.append(f"r{i}", {"i": i}), timeout=10)
+        holder.join()
+        assert not errors
+        assert sum(r.length for r in store.runs()) == 12
+        assert store._writer.commits < 12  # some batch held several callers
 
 
 def test_one_callers_error_fails_only_that_caller(path: Path) -> None:

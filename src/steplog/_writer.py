@@ -25,9 +25,10 @@ run while the leader waits on the disk. (Measured on 2 cores: 16 writer threads
 ~8,000 -> ~10,300 appends/s, 20 StepLogSaver threads ~2,100 -> ~2,500 puts/s.) A
 caller thus returns at most ~1 ms of the next batch's operations later (WAKE_AFTER;
 before a heavy operation, at once); with nobody queued, the leader wakes its batch's
-callers right after its commit. Should the next leader be held up before it gets
-there (LMDB's write lock held by another process, a long first operation), a caller
-whose batch has committed wakes itself within SELF_WAKE.
+callers right after its commit. Either wakes only one of them: each woken caller wakes
+the next (see _wake). Should the next leader be held up before it gets there (LMDB's
+write lock held by another process, a long first operation), a caller whose batch has
+committed wakes itself within SELF_WAKE.
 """
 
 from __future__ import annotations
@@ -128,6 +129,7 @@ _OPEN, _DECIDED, _SETTLED = 0, 1, 2
 class _Pending(Generic[T]):
     __slots__ = (
         "abandoned",
+        "chain",
         "done",
         "error",
         "heavy",
@@ -153,6 +155,8 @@ class _Pending(Generic[T]):
         self.result: T | None = None
         self.error: BaseException | None = None
         self.hooks: list[Callable[[], None]] = []
+        #: callers of the same committed batch this one wakes once it is awake itself
+        self.chain: list[_Pending[Any]] = []
 
 
 class Writer:
@@ -229,6 +233,7 @@ class Writer:
                 with self._mutex:  # (under it, a hand-off skips abandoned ops)
                     if mine in self._queue:
                         self._queue.remove(mine)
+                _wake(mine.chain)  # woken, it may not have passed the wake-up on
             if lead or mine.promoted:  # made leader before it could be abandoned
                 if not clean:  # an interrupt
                     for p in batch:
@@ -452,18 +457,30 @@ class _Isolate(Exception):
 
 
 def _await(pending: _Pending[Any]) -> None:
-    """Sleep until ``pending`` is made leader or woken with its outcome; past SELF_WAKE,
-    go without the wake-up if its batch has settled (the next leader, who would wake
-    it, may be held up)."""
+    """Sleep until ``pending`` is made leader or woken with its outcome (then wake the
+    next caller of its batch); past SELF_WAKE, go without the wake-up if its batch has
+    settled (the next leader, who would wake it, may be held up)."""
     while not pending.done.acquire(timeout=SELF_WAKE):
         if pending.stage == _SETTLED:
             return
+    _wake(pending.chain)
 
 
 def _wake(callers: list[_Pending[Any]]) -> None:
-    """Wake callers whose operations are durable (each once: the list is emptied)."""
-    while callers:
-        callers.pop().done.release()
+    """Wake callers whose operations are durable (each once: the list is emptied): the
+    last of them now, and it wakes the next one as soon as it is awake, and so on.
+
+    Woken all at once, they would all contend for the GIL together, and each brief
+    release of it (an LMDB or zstd call in any thread) would wake some of them only to
+    put them back to sleep: measured with 20 StepLogSaver threads on 2 cores, ~12.3
+    context switches per step woken at once, ~8.7 in a chain, and 6-16% more steps/s.
+    A caller that went on without its wake-up (SELF_WAKE) leaves the rest of its
+    chain to do the same."""
+    if callers:
+        first = callers[-1]
+        first.chain = callers[:-1]
+        callers.clear()
+        first.done.release()
 
 
 def _outcome(pending: _Pending[T]) -> T:
