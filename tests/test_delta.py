@@ -625,16 +625,13 @@ def test_a_large_batch_of_one_run_holds_one_live_compressor(path: Path) -> None:
         assert store.verify().ok
 
 
-def test_records_are_compressed_outside_the_commit_for_new_and_cold_runs(
-    path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    # the commit leader holds the only write transaction: a run new to the store, or
-    # one not in the cache (after a restart), is compressed by its caller too, or
-    # every other writer waits while the leader decodes its chain and compresses
+@pytest.fixture
+def compressions(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, bool]]:
+    """Every compression of a record as (function, made inside a commit)."""
     from steplog import _writer
 
     in_commit = [False]
-    compressed_in_commit: list[str] = []
+    seen: list[tuple[str, bool]] = []
     attempt = _writer.Writer._attempt
 
     def watched_attempt(self, batch, asleep, isolate):  # type: ignore[no-untyped-def]
@@ -649,25 +646,72 @@ def test_records_are_compressed_outside_the_commit_for_new_and_cold_runs(
         real = getattr(_record, name)
 
         def watched(*args, _real=real, _name=name, **kwargs):  # type: ignore[no-untyped-def]
-            if in_commit[0]:
-                compressed_in_commit.append(_name)
+            seen.append((_name, in_commit[0]))
             return _real(*args, **kwargs)
 
         monkeypatch.setattr(_record, name, watched)
+    return seen
+
+
+def test_records_are_compressed_outside_the_commit_for_new_and_cold_runs(
+    path: Path, compressions: list[tuple[str, bool]]
+) -> None:
+    # the commit leader holds the only write transaction: a run new to the store, or
+    # one not in the cache (after a restart), is compressed by its caller too, or
+    # every other writer waits while the leader decodes its chain and compresses
     states = _states(20)
     with steplog.open(path) as store:
         store.append("one", states[0])
         store.append_many("many", states)
-        for st in states[:5]:
+        assert [c for c in compressions if c[1]] == []
+        for st in states[:5]:  # cheap next blocks of a cached run: the commit's
             store.append("one", st)
+        assert [c for c in compressions if c[1]] == [("follow", True)] * 5
+    compressions.clear()
     with steplog.open(path) as store:  # a cold cache: the chain is read by the caller
         store.append("one", states[6])
         store.append_many("many", states[:3])
-        assert compressed_in_commit == []
+        assert [c for c in compressions if c[1]] == []
         assert [c.state for c in store.history("many")] == states + states[:3]
         assert store.load("one").state == states[6]
     depths = _depths(path, 1, 7)
     assert depths[6] == depths[5] + 1  # the cold append is a delta on its latest, as before
+
+
+def test_only_a_cheap_next_block_is_compressed_in_the_commit(
+    path: Path, compressions: list[tuple[str, bool]]
+) -> None:
+    """The commit compresses a cached run's next block when its stream's last block was
+    small (see _record.LEADER_BLOCK_BYTES); a keyframe, or the block after a large
+    change, is compressed by the appending thread, so that the commit never holds up
+    the batch's other appends with a long compression."""
+    rng = random.Random(7)
+    base = {"notes": "".join(rng.choice("abcdef ") for _ in range(16_000)), "step": 0}
+    with steplog.open(path) as store:
+        store.append("r", base)  # a new run: its keyframe (over 4 KiB), by the caller
+        store.append("r", {**base, "step": 1})  # after a keyframe block: the caller
+        store.append("r", {**base, "step": 2})  # a small block before: the commit
+        noise = "".join(rng.choice("0123456789abcdef") for _ in range(10_000))
+        store.append("r", {**base, "step": 3, "noise": noise})  # small before: the commit
+        store.append("r", {**base, "step": 4, "noise": noise})  # a large one before: caller
+        store.append("r", {**base, "step": 5, "noise": noise})  # small before: the commit
+        assert compressions == [
+            ("keyframe", False),
+            ("follow", False),
+            ("follow", True),
+            ("follow", True),
+            ("follow", False),
+            ("follow", True),
+        ]
+        compressions.clear()
+        more = K + 2  # over the chain's keyframe interval
+        for i in range(6, 6 + more):
+            store.append("r", {**base, "step": i, "noise": noise})
+        keyframes = [c for c in compressions if c[0] == "keyframe"]
+        assert keyframes  # the chain reached its interval ...
+        assert not any(in_commit for _name, in_commit in keyframes)  # ... by the caller
+        assert [c.state["step"] for c in store.history("r")] == list(range(6 + more))
+        assert store.verify().ok
 
 
 def _blob_state(i: int) -> dict[str, Any]:

@@ -731,7 +731,9 @@ class Store:
         run's cached latest, or after ``prior`` (an earlier append to the same run in
         the same batch), or after its latest record read now (a run the cache does not
         hold), or as a keyframe (a run with no records); the commit re-checks that
-        base. Failing that, the commit compresses against the run's actual latest."""
+        base. Failing that, the commit compresses against the run's actual latest. The
+        commit also compresses the next block of a cached run's live stream when that
+        is cheap (see _record.LEADER_BLOCK_BYTES): then no body is made here."""
         rid = _validate.ident(run_id, "run_id")
         wf = _validate.optional_ident(workflow_id, "workflow_id")
         node_key = _validate.optional_ident(node, "node")
@@ -750,6 +752,8 @@ class Store:
             after = self._cache.get(run_id)
             if after is None:
                 after, body = self._base_ahead(run_id, rid, payload)
+            elif _record.cheap_follow(payload, after.depth, after.stream, after.pos, after.big):
+                after = None  # the commit compresses it (see _record.LEADER_BLOCK_BYTES)
         if after is not None and body is None:
             body = _record.follow(
                 payload, after.payload, after.depth, after.stream, after.pos, after.big
