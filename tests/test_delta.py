@@ -710,7 +710,12 @@ def test_only_a_cheap_next_block_is_compressed_in_the_commit(
         keyframes = [c for c in compressions if c[0] == "keyframe"]
         assert keyframes  # the chain reached its interval ...
         assert not any(in_commit for _name, in_commit in keyframes)  # ... by the caller
-        assert [c.state["step"] for c in store.history("r")] == list(range(6 + more))
+        compressions.clear()
+        # a batch's appends are compressed ahead of its commit, each after the one
+        # before it, even when the first alone would have been cheap for the commit
+        store.append_many("r", [{**base, "step": 6 + more + i, "noise": noise} for i in range(3)])
+        assert compressions and not any(in_commit for _name, in_commit in compressions)
+        assert [c.state["step"] for c in store.history("r")] == list(range(6 + more + 3))
         assert store.verify().ok
 
 

@@ -657,7 +657,9 @@ class Store:
         ``expected_index``, the append happens only if it would get that index, else
         IndexConflict (carrying the actual next index) and nothing is written.
         """
-        req = self._prepare(run_id, state, workflow_id, node, status, metadata, expected_index)
+        req = self._prepare(
+            run_id, state, workflow_id, node, status, metadata, expected_index, alone=True
+        )
         return req.checkpoint(self._write(req.apply, keeps_headers=True))
 
     def _append_quietly(
@@ -665,7 +667,9 @@ class Store:
     ) -> None:
         """:meth:`append` for callers that do not use the Checkpoint (the LangGraph
         saver): the same write, without building its result."""
-        req = self._prepare(run_id, state, workflow_id, node, Status.RUNNING, None, None)
+        req = self._prepare(
+            run_id, state, workflow_id, node, Status.RUNNING, None, None, alone=True
+        )
         self._write(req.apply, keeps_headers=True)
 
     def append_many(
@@ -723,6 +727,7 @@ class Store:
         metadata: Mapping[str, Any] | None,
         expected_index: int | None,
         prior: _AppendRequest | None = None,
+        alone: bool = False,
     ) -> _AppendRequest:
         """Validate, encode and compress an append outside any transaction.
 
@@ -733,7 +738,9 @@ class Store:
         hold), or as a keyframe (a run with no records); the commit re-checks that
         base. Failing that, the commit compresses against the run's actual latest. The
         commit also compresses the next block of a cached run's live stream when that
-        is cheap (see _record.LEADER_BLOCK_BYTES): then no body is made here."""
+        is cheap (see _record.LEADER_BLOCK_BYTES), for an append ``alone`` (not part
+        of a batch, whose later appends to the run follow this one's body): then no
+        body is made here."""
         rid = _validate.ident(run_id, "run_id")
         wf = _validate.optional_ident(workflow_id, "workflow_id")
         node_key = _validate.optional_ident(node, "node")
@@ -752,7 +759,9 @@ class Store:
             after = self._cache.get(run_id)
             if after is None:
                 after, body = self._base_ahead(run_id, rid, payload)
-            elif _record.cheap_follow(payload, after.depth, after.stream, after.pos, after.big):
+            elif alone and _record.cheap_follow(
+                payload, after.depth, after.stream, after.pos, after.big
+            ):
                 after = None  # the commit compresses it (see _record.LEADER_BLOCK_BYTES)
         if after is not None and body is None:
             body = _record.follow(
