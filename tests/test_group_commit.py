@@ -82,6 +82,31 @@ def test_each_woken_caller_wakes_the_next_of_its_batch(
         assert store._writer.commits < 12  # some batch held several callers
 
 
+def test_a_caller_interrupted_as_it_wakes_still_wakes_the_next(
+    path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An interrupt that reaches a woken caller before it has passed the wake-up on:
+    its clean-up passes it on, so the rest of its batch does not wait for SELF_WAKE."""
+    monkeypatch.setattr(_writer, "SELF_WAKE", 60.0)
+    real_await = _writer._await
+
+    def interrupted_await(pending) -> None:  # type: ignore[no-untyped-def]
+        while not pending.done.acquire(timeout=_writer.SELF_WAKE):
+            if pending.stage == _writer._SETTLED:
+                return
+        if not pending.promoted:  # woken with its outcome: interrupted before the chain
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(_writer, "_await", interrupted_await)
+    with steplog.open(path) as store:
+        holder = _stall_writer(store)
+        errors = _run_threads(12, lambda i: store.append(f"r{i}", {"i": i}), timeout=10)
+        holder.join()
+        monkeypatch.setattr(_writer, "_await", real_await)
+        assert errors and all(isinstance(e, KeyboardInterrupt) for e in errors)
+        assert sum(r.length for r in store.runs()) == 12  # each was durable all the same
+
+
 def test_one_callers_error_fails_only_that_caller(path: Path) -> None:
     with steplog.open(path) as store:
         store.append("shared", 0, workflow_id="wf")
