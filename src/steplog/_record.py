@@ -359,6 +359,12 @@ def _is_big(payload: bytes) -> int:
     return 1 if len(payload) >= DELTA_MIN_BYTES else 0
 
 
+def _big_after(base_big: int | None, payload: bytes) -> int | None:
+    """Large records in the chain once ``payload`` follows a chain of ``base_big``
+    (None: unknown)."""
+    return None if base_big is None else base_big + _is_big(payload)
+
+
 def interval(size: int) -> int:
     """The most records of ``size`` bytes a chain holds."""
     if size < DELTA_MIN_BYTES:
@@ -406,7 +412,7 @@ def cheap_follow(
         return False
     if stream.last_block > LEADER_BLOCK_BYTES or not stream.fits(len(payload)):
         return False
-    big = None if base_big is None else base_big + _is_big(payload)
+    big = _big_after(base_big, payload)
     return not _keyframe_due(payload, base_depth + 1, big)
 
 
@@ -453,7 +459,7 @@ def follow(
     too large for streams use dictionary deltas throughout."""
     depth = base_depth + 1
     size = len(payload)
-    big = None if base_big is None else base_big + (size >= DELTA_MIN_BYTES)
+    big = _big_after(base_big, payload)
     if _keyframe_due(payload, depth, big):
         return keyframe(payload)
     if stream is not None:
@@ -482,7 +488,7 @@ def compress(
     the delta is not clearly smaller than a keyframe; else as a keyframe. This needs
     only the previous payload, so it serves when no live stream does (another
     process or thread wrote the run's latest record)."""
-    big = None if base_big is None else base_big + _is_big(payload)
+    big = _big_after(base_big, payload)
     if base is None or depth <= 0 or not base or _keyframe_due(payload, depth, big):
         return keyframe(payload)
     data = _delta(payload, base)
