@@ -71,6 +71,34 @@ def test_pending_writes_share_the_checkpoints_run_and_its_delta_chain(path: Path
         assert max(writes_records) < 120
 
 
+def test_a_checkpoint_and_its_writes_take_one_node_entry(path: Path) -> None:
+    with StepLogSaver.from_path(path) as saver:
+        ids = _chat(saver, "t", 3)
+        saver.put_writes(_cfg("t", ids[-1]), [("messages", "second task")], "task-b")
+        saver.put_writes(_cfg("t", ids[0]), [("messages", "late")], "task-late")
+        prefix = b"S" + (1).to_bytes(8, "big") + b"\x02"
+        entries = saver.store._read(
+            lambda txn: [
+                (k[len(prefix) : -9].decode(), int.from_bytes(k[-8:], "big"), v)
+                for k, v in txn.cursor()
+                if k.startswith(prefix)
+            ]
+        )
+        # (id, first index, streak length): each put and the writes right after it
+        # share an entry; a late write to an older checkpoint starts one of its own
+        assert sorted(entries, key=lambda e: e[1]) == [
+            (ids[0], 0, b"\x02"),
+            (ids[1], 2, b"\x02"),
+            (ids[2], 4, b"\x03"),
+            (ids[0], 7, b""),
+        ]
+        assert [w[2] for w in saver.get_tuple(_cfg("t", ids[0])).pending_writes] == [
+            "message 0: " + "lorem ipsum dolor sit amet " * 20,
+            "late",
+        ]
+        assert saver.store.verify().ok
+
+
 def test_latest_is_the_greatest_checkpoint_id_even_after_writes_to_an_older_one(
     path: Path,
 ) -> None:

@@ -234,6 +234,11 @@ class StoreVersusModel(RuleBasedStateMachine):
                 hits = [i for i, e in enumerate(run.entries) if e.node == node]
                 got = store.load(rid, node=node)
                 assert (got.index if got else None) == (hits[-1] if hits else None)
+                assert [c.index for c in store.history(rid, node=node)] == hits
+                mid = len(run.entries) // 2  # a window that may start inside a streak
+                assert [c.index for c in store.history(rid, start=mid, node=node)] == [
+                    i for i in hits if i >= mid
+                ]
             chain, cur = [rid], run
             while cur.parent is not None:
                 up = self.runs.get(cur.parent[0])

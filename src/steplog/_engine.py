@@ -31,7 +31,10 @@ class Engine:
         self.path = path
         self.metasync = metasync
         self.max_map_size = max_map_size
-        self.env: lmdb.Environment | None = _env.open_env(path, map_size, metasync=metasync)
+        self.env: lmdb.Environment | None
+        self.env, version = _env.open_env(path, map_size, metasync=metasync)
+        #: whether a node entry may stand for a streak of checkpoints (format 2 on)
+        self.streaks = version >= _env.STREAKS
         self.gate = _env.Gate()
         self._session = _Session(self)
         self.data_file = _residency.identity(path / "data.mdb")

@@ -21,7 +21,13 @@ from steplog import _keys
 from steplog.errors import NotAStore, StorageError, UnsupportedFormat
 
 FORMAT_MAGIC = "steplog"
-FORMAT_VERSION = 1
+#: The format new stores are made in. 2: a node entry stands for a streak of the
+#: node's consecutive checkpoints (_keys.node_prefix); format 1 wrote one entry per
+#: checkpoint. Both are read; a store keeps writing in the format it was made in, so a
+#: format 1 store stays readable by the steplog that made it.
+FORMAT_VERSION = 2
+#: The first format whose node entries may stand for more than one checkpoint.
+STREAKS = 2
 
 #: Initial map: large enough that most stores never resize (the file grows only as
 #: data is written; the map is address space, not disk).
@@ -155,19 +161,20 @@ def _private_files(path: Path) -> None:
             os.close(fd)
 
 
-def open_env(path: Path, map_size: int, *, metasync: bool = True) -> lmdb.Environment:
+def open_env(path: Path, map_size: int, *, metasync: bool = True) -> tuple[lmdb.Environment, int]:
     """Open (creating if absent) the store at ``path``; everything lives in LMDB's main
     database, split into tables by key prefix (see _keys).
 
     Commits always flush data (sync); ``metasync=False`` defers the metadata flush
     (LMDB's NOMETASYNC: an OS crash may undo the last commit, never corrupts).
+    Returns the environment and the store's format version.
     """
     private_dir(path)
     with _creation_lock(path):
         return _open_locked(path, map_size, metasync)
 
 
-def _open_locked(path: Path, map_size: int, metasync: bool) -> lmdb.Environment:
+def _open_locked(path: Path, map_size: int, metasync: bool) -> tuple[lmdb.Environment, int]:
     try:
         existing = (path / "data.mdb").exists()
         had_lock = (path / "lock.mdb").exists()
@@ -206,31 +213,32 @@ def _open_locked(path: Path, map_size: int, metasync: bool) -> lmdb.Environment:
         raise StorageError(f"cannot open store at {str(path)!r}: {exc}") from exc
     try:
         env.reader_check()
-        _init(env, path, existing)
+        version = _init(env, path, existing)
     except BaseException:
         env.close()
         raise
-    return env
+    return env, version
 
 
-def _init(env: lmdb.Environment, path: Path, existing: bool) -> None:
+def _init(env: lmdb.Environment, path: Path, existing: bool) -> int:
     """Check an existing store's format marker (writing nothing), or write a new one's
-    (also for an empty environment: a first open that died before its first commit)."""
+    (also for an empty environment: a first open that died before its first commit);
+    return the store's format version."""
     try:
         if existing and env.stat()["entries"]:
             with env.begin() as txn:
-                _check_format(path, txn.get(_keys.META_FORMAT))
-            return
+                return _check_format(path, txn.get(_keys.META_FORMAT))
         with env.begin(write=True) as txn:
             marker = _FormatMarker(FORMAT_MAGIC, FORMAT_VERSION)
             txn.put(_keys.META_FORMAT, msgspec.msgpack.encode(marker))
         for name in _LMDB_FILES:  # a store made here is private, whoever made the files
             os.chmod(path / name, 0o600)
+        return FORMAT_VERSION
     except lmdb.Error as exc:
         raise StorageError(f"cannot open store at {str(path)!r}: {exc}") from exc
 
 
-def _check_format(path: Path, raw: bytes | None) -> None:
+def _check_format(path: Path, raw: bytes | None) -> int:
     if raw is None:
         raise NotAStore(f"{str(path)!r} holds an LMDB environment that is not a steplog store")
     try:
@@ -244,6 +252,7 @@ def _check_format(path: Path, raw: bytes | None) -> None:
             f"{str(path)!r} was written in steplog format {marker.version}; this steplog "
             f"reads format {FORMAT_VERSION} or older. Upgrade steplog to open it."
         )
+    return marker.version
 
 
 def next_map_size(current: int, used: int, limit: int | None) -> int:

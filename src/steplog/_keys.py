@@ -77,12 +77,35 @@ def nodes_prefix(run_no: int) -> bytes:
 
 
 def node_prefix(run_no: int, node: bytes) -> bytes:
-    """``S`` run number, 0x02, node, NUL, index -> empty: one node's checkpoints."""
+    """``S`` run number, 0x02, node, NUL, index -> streak length: one node's checkpoints.
+
+    An entry at ``index`` stands for the node's checkpoints ``index`` ..
+    ``index + length - 1`` (a *streak*: consecutive records that name the node). The
+    value is the length as a minimal big-endian unsigned integer, empty for 1 (the only
+    value format 1 writes)."""
     return SEGMENT + U64.pack(run_no) + _NODE + node + SEP
 
 
 def node_key(run_no: int, node: bytes, index: int) -> bytes:
     return node_prefix(run_no, node) + U64.pack(index)
+
+
+#: The longest streak value: 8 bytes, as an index.
+MAX_STREAK_BYTES = 8
+
+
+def streak_value(length: int) -> bytes:
+    """A node entry's value for a streak of ``length`` (>= 1) checkpoints."""
+    return b"" if length == 1 else length.to_bytes((length.bit_length() + 7) // 8, "big")
+
+
+def streak_length(value: bytes) -> int:
+    """The streak length a node entry's value holds (0 for a malformed value: an
+    entry that stands for nothing; ``verify`` reports it)."""
+    if not value:
+        return 1
+    length = int.from_bytes(value, "big")
+    return length if length >= 2 and len(value) <= MAX_STREAK_BYTES and value[0] else 0
 
 
 def workflow_prefix(workflow: bytes) -> bytes:

@@ -29,6 +29,8 @@ class _Segment:
     records: list[int] = field(default_factory=list)
     nodes: dict[int, str] = field(default_factory=dict)
     node_entries: set[tuple[str, int]] = field(default_factory=set)
+    #: (node, first index) -> streak length, per node entry
+    streaks: dict[tuple[str, int], int] = field(default_factory=dict)
     decoded: set[int] = field(default_factory=set)
     last_head: tuple[int, _record.Header] | None = None
 
@@ -126,7 +128,23 @@ def verify(store: Store, txn: Txn, decode_header: Any, scan: Scan) -> VerifyRepo
                 seg.header = None
         elif kind == b"\x02":
             node_b, idx = key[10:-9], U64.unpack_from(key, len(key) - 8)[0]
-            seg.node_entries.add((node_b.decode("utf-8", "replace"), idx))
+            node = node_b.decode("utf-8", "replace")
+            length = _keys.streak_length(value)
+            if not length or (length > 1 and not store._streaks):
+                problem(
+                    run_id,
+                    idx,
+                    "index",
+                    f"node entry of {node!r} holds a bad streak length {value.hex()!r}",
+                )
+                continue
+            seg.streaks[node, idx] = length
+            # (a length past the run's end shows as one stray entry, not billions)
+            run_length = seg.header.length if seg.header is not None else 0
+            for i in range(idx, min(idx + length, max(run_length, idx) + 1)):
+                if (node, i) in seg.node_entries:
+                    problem(run_id, i, "index", f"indexed twice under node {node!r}")
+                seg.node_entries.add((node, i))
 
     headers: dict[int, _RunHeader] = {}
     for run_no, seg in segments.items():
@@ -161,6 +179,7 @@ def verify(store: Store, txn: Txn, decode_header: Any, scan: Scan) -> VerifyRepo
         }
         if stray:
             problem(hdr.run_id, None, "index", f"stray node entries: {sorted(stray)[:5]}")
+        _check_streak_hint(hdr, seg, problem)
         if hdr.length and seg.last_head is not None and seg.last_head[0] == hdr.length - 1:
             last = seg.last_head[1]
             if (last.seq, last.created_ns, _record.STATUS_CODES[last.status]) != (
@@ -251,6 +270,27 @@ def verify(store: Store, txn: Txn, decode_header: Any, scan: Scan) -> VerifyRepo
 
 
 _TAGS = (_keys.META, _keys.IDS, _keys.SEGMENT, _keys.WORKFLOWS, _keys.RECENT, _keys.CHILDREN)
+
+
+def _check_streak_hint(hdr: _RunHeader, seg: _Segment, problem: Any) -> None:
+    """The header's word on the latest checkpoint's streak, which the next append
+    trusts, must be true (see _RunHeader.streak)."""
+    from steplog.store import NO_STREAK
+
+    last = hdr.length - 1
+    if last not in seg.decoded:
+        return  # a damaged latest record is reported already
+    node = seg.nodes.get(last)
+    if hdr.streak >= 0:
+        named = hdr.streak_node.decode("utf-8", "replace") if hdr.streak_node else None
+        if (
+            node is None
+            or node != named
+            or seg.streaks.get((node, hdr.streak)) != (hdr.length - hdr.streak)
+        ):
+            problem(hdr.run_id, last, "header", "run header names a streak the index lacks")
+    elif hdr.streak == NO_STREAK and node is not None:
+        problem(hdr.run_id, last, "header", "run header says its latest names no node")
 
 
 def _gaps(indices: list[int], length: int) -> str:

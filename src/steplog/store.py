@@ -81,6 +81,17 @@ class _RunHeader(msgspec.Struct, array_like=True, frozen=True):
     parent_run_id: str | None = None
     parent_index: int | None = None
     parent_run_no: int | None = None
+    #: the node the latest checkpoint names, whose streak (node entry) starts at
+    #: ``streak`` (format 2 on); ``streak`` is NO_STREAK if the latest names no node
+    #: (or the run is empty) and UNKNOWN_STREAK if not known (read the node index)
+    streak_node: bytes | None = None
+    streak: int = -1
+
+
+#: _RunHeader.streak: the node index says (a format 1 store, or after delete_latest)
+UNKNOWN_STREAK = -1
+#: _RunHeader.streak: the run's latest checkpoint names no node, or it has none
+NO_STREAK = -2
 
 
 _HEADER_ENCODER = msgspec.msgpack.Encoder()
@@ -189,6 +200,8 @@ class Store:
         self._gate = engine.gate
         self._cache = engine.cache
         self._writer = engine.writer
+        #: whether node entries may stand for streaks (the store's format, see _keys)
+        self._streaks = engine.streaks
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -450,8 +463,8 @@ class Store:
 
     def _node_index(self, txn: Txn, hdr: _RunHeader, node: bytes) -> int | None:
         """Index of the run's latest checkpoint written by ``node``."""
-        hit = self._last_with_prefix(txn, _keys.node_prefix(hdr.run_no, node))
-        return None if hit is None else int(U64.unpack(hit[0][-8:])[0])
+        last = _last_streak(txn, hdr.run_no, node)
+        return None if last is None or not last[1] else last[0] + last[1] - 1
 
     def _checkpoint(
         self,
@@ -582,14 +595,15 @@ class Store:
         depth = body.depth
         record = _record.frame(body, seq=seq, created_ns=created_ns, status=status)
         txn.put(_keys.log_key(hdr.run_no, index), record)
-        if node is not None:
-            txn.put(_keys.node_key(hdr.run_no, node, index), b"")
+        streak = NO_STREAK if node is None else self._put_node_entry(txn, hdr, node, index)
         new = msgspec.structs.replace(
             hdr,
             length=index + 1,
             updated_ns=created_ns,
             status=_record.STATUS_CODES[status],
             seq=seq,
+            streak_node=node if streak >= 0 else None,
+            streak=streak,
         )
         self._set_recency(txn, old, new)
         anchors = prev.anchors_after(payload) if prev is not None else ()
@@ -601,6 +615,25 @@ class Store:
         batch.scratch[hdr.run_no] = latest
         batch.after_commit.append(lambda: self._cache.put(run_id, latest))
         return new
+
+    def _put_node_entry(self, txn: Txn, hdr: _RunHeader, node: bytes, index: int) -> int:
+        """Index checkpoint ``index`` (the run's next) under ``node``: lengthen the
+        node's streak if it ends right before (a store of format 2 on), else start one.
+        Returns where the streak starts (UNKNOWN_STREAK in a format 1 store)."""
+        run_no = hdr.run_no
+        if not self._streaks:
+            txn.put(_keys.node_key(run_no, node, index), b"")
+            return UNKNOWN_STREAK
+        if hdr.streak == UNKNOWN_STREAK:  # ask the node index
+            last = _last_streak(txn, run_no, node)
+            start = last[0] if last is not None and last[0] + last[1] == index else NO_STREAK
+        else:
+            start = hdr.streak if hdr.streak_node == node else NO_STREAK
+        if start < 0:
+            txn.put(_keys.node_key(run_no, node, index), b"")
+            return index
+        txn.put(_keys.node_key(run_no, node, start), _keys.streak_value(index - start + 1))
+        return start
 
     @staticmethod
     def _follows(body: _record.Body, after: Latest | None, hdr: _RunHeader, batch: Batch) -> bool:
@@ -622,19 +655,6 @@ class Store:
                 and mine.big == after.big
             )
         return after.seq == hdr.seq
-
-    def _last_with_prefix(self, txn: Txn, prefix: bytes) -> tuple[bytes, bytes] | None:
-        """The greatest (key, value) whose key starts with ``prefix``."""
-        cur = txn.cursor()
-        end = _keys.prefix_end(prefix)
-        positioned = cur.set_range(end) if end is not None else False
-        found = cur.prev() if positioned else cur.last()
-        if not found:
-            return None
-        key = cur.key()
-        if not key.startswith(prefix):
-            return None
-        return key, cur.value()
 
     # ------------------------------------------------------------------ writes
 
@@ -823,6 +843,7 @@ class Store:
                 length=0,
                 status=_NO_STATUS,
                 seq=0,
+                streak=NO_STREAK,
             )
         else:
             hdr = old
@@ -902,6 +923,7 @@ class Store:
                 parent_run_id=source_run_id,
                 parent_index=at,
                 parent_run_no=parent.run_no,
+                streak=NO_STREAK,
             )
             node = origin.node.encode() if origin.node is not None else None
             txn.put(_keys.child_key(parent.run_no, at, hdr.run_no), dst)
@@ -965,9 +987,15 @@ class Store:
                 updated, status = max(time.time_ns(), hdr.updated_ns), _NO_STATUS
             txn.delete(_keys.log_key(hdr.run_no, index))
             if gone.node is not None:
-                txn.delete(_keys.node_key(hdr.run_no, gone.node.encode(), index))
+                _drop_node_entry(txn, hdr.run_no, gone.node.encode(), index)
             new = msgspec.structs.replace(
-                hdr, length=index, seq=seq, updated_ns=updated, status=status
+                hdr,
+                length=index,
+                seq=seq,
+                updated_ns=updated,
+                status=status,
+                streak_node=None,
+                streak=UNKNOWN_STREAK if index else NO_STREAK,
             )
             self._set_recency(txn, hdr, new)
             self._forget(batch, run_id, hdr.run_no)
@@ -1519,6 +1547,34 @@ class AppendBatch:
         self._ops.append((None, op))
 
 
+def _last_streak(txn: Txn, run_no: int, node: bytes) -> tuple[int, int] | None:
+    """(start, length) of the run's last streak of ``node``'s checkpoints, or None."""
+    prefix = _keys.node_prefix(run_no, node)
+    cur = txn.cursor()
+    end = _keys.prefix_end(prefix)
+    found = cur.prev() if end is not None and cur.set_range(end) else cur.last()
+    if not found:
+        return None
+    key = cur.key()
+    if not key.startswith(prefix):
+        return None
+    return U64.unpack_from(key, len(prefix))[0], _keys.streak_length(cur.value())
+
+
+def _drop_node_entry(txn: Txn, run_no: int, node: bytes, index: int) -> None:
+    """Un-index the run's last checkpoint ``index``, which ``node`` wrote: shorten the
+    streak that ends with it, or delete its entry."""
+    last = _last_streak(txn, run_no, node)
+    if last is None or last[0] + last[1] - 1 != index:
+        return  # not indexed (a damaged store): nothing to undo
+    start, length = last
+    key = _keys.node_key(run_no, node, start)
+    if length > 1:
+        txn.put(key, _keys.streak_value(length - 1))
+    else:
+        txn.delete(key)
+
+
 def _node_indices(
     txn: Txn, hdr: _RunHeader, node: bytes, lo: int, hi: int, limit: int | None = None
 ) -> list[int]:
@@ -1526,15 +1582,25 @@ def _node_indices(
     prefix = _keys.node_prefix(hdr.run_no, node)
     cur = txn.cursor()
     out: list[int] = []
-    if lo >= hi or not cur.set_range(prefix + U64.pack(lo)):
+    if lo >= hi:
         return out
-    for key in cur.iternext(keys=True, values=False):
-        if not key.startswith(prefix) or len(out) == limit:
+    first = prefix + U64.pack(lo)
+    # start at the streak before ``lo`` (it may reach into [lo, hi)), else at ``lo``
+    found = cur.prev() if cur.set_range(first) else cur.last()
+    if not (found and cur.key().startswith(prefix)) and not cur.set_range(first):
+        return out
+    for key, value in cur.iternext(keys=True, values=True):
+        if not key.startswith(prefix):
             break
-        index: int = U64.unpack_from(key, len(prefix))[0]
-        if index >= hi:
+        start: int = U64.unpack_from(key, len(prefix))[0]
+        if start >= hi:
             break
-        out.append(index)
+        stop = min(start + _keys.streak_length(value), hi)
+        if limit is not None:
+            stop = min(stop, max(start, lo) + limit - len(out))
+        out.extend(range(max(start, lo), stop))
+        if len(out) == limit:
+            break
     return out
 
 
@@ -1640,12 +1706,15 @@ class _View:
             if not key.startswith(prefix):
                 break
             node_prefix = key[: -U64.size]
-            if node_prefix != current:
-                if len(out) == limit:
-                    break
-                current = node_prefix
-                out.append((node_prefix[len(prefix) : -len(_keys.SEP)].decode(), []))
-            out[-1][1].append(U64.unpack_from(key, len(node_prefix))[0])
+            start = U64.unpack_from(key, len(node_prefix))[0]
+            length = _keys.streak_length(cur.value())
+            if length:  # (0: a malformed entry, which stands for nothing)
+                if node_prefix != current:
+                    if len(out) == limit:
+                        break
+                    current = node_prefix
+                    out.append((node_prefix[len(prefix) : -len(_keys.SEP)].decode(), []))
+                out[-1][1].extend(range(start + length - 1, start - 1, -1))
             found = cur.prev()
         for _node, indices in out:
             indices.reverse()

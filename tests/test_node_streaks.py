@@ -1,0 +1,270 @@
+"""Node entries as streaks (format 2): consecutive checkpoints that name one node share
+one node entry, whose value holds how many they are. Reads by node, delete_latest and
+verify see exactly the checkpoints each node wrote; a format 1 store keeps one entry
+per checkpoint and reads alike."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import lmdb
+import msgspec
+import pytest
+
+import steplog
+from steplog import _env, _keys
+from steplog.store import HISTORY_CHUNK, _node_indices
+
+Entry = tuple[str, int, int]  # (node, first index, streak length)
+
+
+@pytest.fixture
+def path(tmp_path: Path) -> Path:
+    return tmp_path / "s"
+
+
+def _entries_in(txn: lmdb.Transaction, run_no: int = 1) -> list[Entry]:
+    """The run's node entries as stored, in key order."""
+    prefix = _keys.nodes_prefix(run_no)
+    cur = txn.cursor()
+    out = []
+    if cur.set_range(prefix):
+        for key, value in cur:
+            if not key.startswith(prefix):
+                break
+            node = key[len(prefix) : -9].decode()
+            start = _keys.U64.unpack_from(key, len(key) - 8)[0]
+            out.append((node, start, _keys.streak_length(value)))
+    return out
+
+
+def _entries(path: Path) -> list[Entry]:
+    env = lmdb.open(str(path), readonly=True, lock=False)
+    try:
+        with env.begin() as txn:
+            return _entries_in(txn)
+    finally:
+        env.close()
+
+
+def _set_format(path: Path, version: int) -> None:
+    env = lmdb.open(str(path))
+    with env.begin(write=True) as txn:
+        marker = {"magic": _env.FORMAT_MAGIC, "version": version}
+        txn.put(_keys.META_FORMAT, msgspec.msgpack.encode(marker))
+    env.close()
+
+
+NODES = ["a", "a", "b", "a", "a", "a", None, "a", "b", "b"]
+
+
+def _by_node(nodes: list[str | None]) -> dict[str, list[int]]:
+    out: dict[str, list[int]] = {}
+    for i, node in enumerate(nodes):
+        if node is not None:
+            out.setdefault(node, []).append(i)
+    return out
+
+
+def _check_reads(store: steplog.Store, nodes: list[str | None]) -> None:
+    """Every read by node agrees with ``nodes`` (the node each index names)."""
+    for node, indices in _by_node(nodes).items():
+        assert [c.index for c in store.history("r", node=node)] == indices
+        assert store.load("r", node=node).index == indices[-1]
+        for lo in range(len(nodes) + 1):
+            for hi in range(lo, len(nodes) + 1):
+                got = [c.index for c in store.history("r", start=lo, stop=hi, node=node)]
+                assert got == [i for i in indices if lo <= i < hi], (node, lo, hi)
+    for c in store.history("r", node="a"):
+        assert c.node == "a" and c.state == c.index
+
+
+def test_consecutive_checkpoints_of_a_node_share_one_entry(path: Path) -> None:
+    with steplog.open(path) as store:
+        for i, node in enumerate(NODES):
+            store.append("r", i, node=node)
+        _check_reads(store, NODES)
+    assert _entries(path) == [("a", 0, 2), ("a", 3, 3), ("a", 7, 1), ("b", 2, 1), ("b", 8, 2)]
+    with steplog.open(path) as store:
+        assert store.verify().ok
+
+
+def test_an_atomic_batch_lengthens_the_streak_as_it_goes(path: Path) -> None:
+    with steplog.open(path) as store:
+        store.append("r", 0, node="a")
+        with store.batch() as b:
+            for i in range(1, 4):
+                b.append("r", i, node="a")
+            b.append("r", 4, node="b")
+        assert [c.index for c in store.history("r", node="a")] == [0, 1, 2, 3]
+    assert _entries(path) == [("a", 0, 4), ("b", 4, 1)]
+
+
+def test_delete_latest_shortens_the_streak_then_drops_its_entry(path: Path) -> None:
+    nodes = list(NODES)
+    with steplog.open(path) as store:
+        for i, node in enumerate(nodes):
+            store.append("r", i, node=node)
+        while nodes:
+            store.delete_latest("r")
+            nodes.pop()
+            if nodes:
+                _check_reads(store, nodes)
+            assert store.verify().ok
+            if len(nodes) == 5:  # index 4 ended the streak a 3..5
+                assert store._read(_entries_in) == [("a", 0, 2), ("a", 3, 2), ("b", 2, 1)]
+        assert store._read(_entries_in) == []
+        for i, node in enumerate(["a", "a"]):  # a streak starts afresh
+            store.append("r", i, node=node)
+    assert _entries(path) == [("a", 0, 2)]
+
+
+def test_a_streak_read_in_chunks_loses_nothing_at_their_borders(path: Path) -> None:
+    n = 2 * HISTORY_CHUNK + 7
+    with steplog.open(path) as store:
+        with store.batch() as b:
+            for i in range(n):
+                b.append("r", i, node="a" if i != HISTORY_CHUNK + 3 else "b")
+        assert [c.index for c in store.history("r", node="a")] == [
+            i for i in range(n) if i != HISTORY_CHUNK + 3
+        ]
+        assert [c.index for c in store.history("r", node="a", start=HISTORY_CHUNK)] == [
+            i for i in range(HISTORY_CHUNK, n) if i != HISTORY_CHUNK + 3
+        ]
+
+        def chunk(txn: lmdb.Transaction, lo: int) -> list[int]:
+            hdr = store._header(txn, b"r")
+            return _node_indices(txn, hdr, b"a", lo, n, HISTORY_CHUNK)
+
+        # a chunk stays bounded however long the streak it reads
+        assert store._read(lambda txn: chunk(txn, 0)) == list(range(HISTORY_CHUNK))
+        assert store._read(lambda txn: chunk(txn, 5)) == [
+            i for i in range(5, HISTORY_CHUNK + 6) if i != HISTORY_CHUNK + 3
+        ]
+    assert _entries(path) == [
+        ("a", 0, HISTORY_CHUNK + 3),
+        ("a", HISTORY_CHUNK + 4, n - HISTORY_CHUNK - 4),
+        ("b", HISTORY_CHUNK + 3, 1),
+    ]
+
+
+def test_a_fork_starts_its_own_streak(path: Path) -> None:
+    with steplog.open(path) as store:
+        for i in range(3):
+            store.append("r", i, node="a")
+        store.fork("r", 1, "kid")
+        store.append("kid", 9, node="a")
+        assert [c.index for c in store.history("kid", node="a")] == [0, 1]
+        assert store.verify().ok
+
+
+def test_a_format_1_store_keeps_one_entry_per_checkpoint_and_reads_alike(path: Path) -> None:
+    steplog.open(path).close()
+    _set_format(path, 1)
+    with steplog.open(path) as store:
+        for i, node in enumerate(NODES):
+            store.append("r", i, node=node)
+        _check_reads(store, NODES)
+        store.delete_latest("r")
+        assert store.load("r", node="b").index == 8
+        assert store.verify().ok
+    assert [e[2] for e in _entries(path)] == [1] * 8  # what format 1 readers understand
+    _set_format(path, 2)  # entries of one checkpoint each are valid streaks too
+    with steplog.open(path) as store:
+        _check_reads(store, NODES[:-1])
+        store.append("r", 9, node="b")  # lengthens the format 1 entry at 8
+        _check_reads(store, NODES)
+        assert store.verify().ok
+    assert ("b", 8, 2) in _entries(path)
+
+
+def test_new_stores_are_made_in_format_2(path: Path) -> None:
+    steplog.open(path).close()
+    env = lmdb.open(str(path), readonly=True, lock=False)
+    with env.begin() as txn:
+        marker = msgspec.msgpack.decode(txn.get(_keys.META_FORMAT))
+    env.close()
+    assert marker == {"magic": "steplog", "version": 2}
+
+
+@pytest.mark.parametrize(
+    ("start", "value", "what"),
+    [
+        (3, b"\x05", "runs past the run's end"),
+        (1, b"\x02", "overlaps the streak at 0"),
+        (0, b"\x01", "a non-minimal length"),
+        (0, b"\x00\x03", "a non-minimal length"),
+        (0, b"\x01" * 9, "longer than an index"),
+    ],
+)
+def test_verify_reports_a_bad_streak(path: Path, start: int, value: bytes, what: str) -> None:
+    with steplog.open(path) as store:
+        for i in range(5):
+            store.append("r", i, node="a")
+    env = lmdb.open(str(path))
+    with env.begin(write=True) as txn:
+        txn.put(_keys.node_key(1, b"a", start), value)
+    env.close()
+    with steplog.open(path) as store:
+        problems = store.verify().problems
+    assert any(p.kind == "index" for p in problems), what
+    assert {(p.run_id, p.kind) for p in problems} <= {("r", "index"), ("r", "header")}
+
+
+def test_verify_reports_a_streak_in_a_format_1_store(path: Path) -> None:
+    steplog.open(path).close()
+    _set_format(path, 1)
+    with steplog.open(path) as store:
+        for i in range(3):
+            store.append("r", i, node="a")
+    env = lmdb.open(str(path))
+    with env.begin(write=True) as txn:
+        txn.delete(_keys.node_key(1, b"a", 1))
+        txn.delete(_keys.node_key(1, b"a", 2))
+        txn.put(_keys.node_key(1, b"a", 0), _keys.streak_value(3))
+    env.close()
+    with steplog.open(path) as store:
+        assert [p.kind for p in store.verify().problems] == ["index", "index"]
+
+
+@pytest.mark.parametrize(
+    ("streak_node", "streak"),
+    [(b"a", 2), (b"b", 0), (None, -2)],
+    ids=["starts elsewhere", "another node", "says no node"],
+)
+def test_verify_reports_a_header_wrong_about_the_latest_streak(
+    path: Path, streak_node: bytes | None, streak: int
+) -> None:
+    with steplog.open(path) as store:
+        for i in range(4):
+            store.append("r", i, node="a")
+        hdr = store._read(lambda txn: store._header(txn, b"r"))
+        assert (hdr.streak_node, hdr.streak) == (b"a", 0)
+        assert store.verify().ok
+        wrong = msgspec.structs.replace(hdr, streak_node=streak_node, streak=streak)
+    env = lmdb.open(str(path))
+    with env.begin(write=True) as txn:
+        txn.put(_keys.header_key(hdr.run_no), msgspec.msgpack.encode(wrong))
+    env.close()
+    with steplog.open(path) as store:
+        assert [(p.index, p.kind) for p in store.verify().problems] == [(3, "header")]
+
+
+def test_an_append_after_delete_latest_asks_the_index(path: Path) -> None:
+    with steplog.open(path) as store:
+        for i, node in enumerate(["a", "a", "b"]):
+            store.append("r", i, node=node)
+        store.delete_latest("r")  # the header no longer knows the latest's streak
+        store.append("r", 2, node="a")
+        assert store.verify().ok
+        store.delete_latest("r")
+        store.delete_latest("r")
+        store.append("r", 1, node="b")
+        assert store.verify().ok
+        assert store._read(_entries_in) == [("a", 0, 1), ("b", 1, 1)]
+        store.append("r", 2, node="c")
+        for _ in range(3):
+            store.delete_latest("r")
+        store.append("r", 0, node="c")  # the header said "c from 2" before the deletes
+        assert store.verify().ok
+    assert _entries(path) == [("c", 0, 1)]
