@@ -136,22 +136,26 @@ class RawSqlite:
 
 class RawGroupCommit:
     """Raw LMDB puts from many threads, each returning once its put is durable, through
-    the commit protocol steplog's writer uses (the first caller leads; callers arriving
-    meanwhile queue; the leader commits all it took, wakes them and hands the lead to
-    the first still queued), minus everything steplog adds: no encoding, no indexes,
-    no per-operation rollback. The ceiling of that protocol in Python on this machine."""
+    the commit protocol steplog's writer uses (a caller that finds nobody leading
+    commits its own put; callers arriving meanwhile queue, and a thread of the writer
+    then commits all queued, batch after batch, waking each batch's callers, until the
+    queue is empty), minus everything steplog adds: no encoding, no indexes, no
+    per-operation rollback. The ceiling of that protocol in Python on this machine."""
 
     def __init__(self, path: Path) -> None:
         self.env = lmdb.open(str(path), map_size=1 << 34, sync=True, metasync=True)
         self._mutex = threading.Lock()
+        self._work = threading.Condition(self._mutex)
         self._queue: list[list[Any]] = []
         self._leading = False
+        self._thread_leads = False
+        self._thread: threading.Thread | None = None
         self.commits = 0
         self.puts = 0
 
     def put(self, key: bytes, value: bytes) -> None:
-        # a waiter: [key, value, lock released when durable or when made leader, promoted]
-        me = [key, value, threading.Lock(), False]
+        # a waiter: [key, value, lock released when durable]
+        me = [key, value, threading.Lock()]
         me[2].acquire()
         with self._mutex:
             lead = not self._leading
@@ -161,27 +165,38 @@ class RawGroupCommit:
                 self._queue.append(me)
         if not lead:
             me[2].acquire()
-            if not me[3]:
+            return
+        self._commit([me])
+        with self._mutex:
+            if not self._queue:
+                self._leading = False
                 return
+            self._thread_leads = True
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._serve, daemon=True)
+                self._thread.start()
+            else:
+                self._work.notify()
+
+    def _serve(self) -> None:
+        while True:
             with self._mutex:
+                while not self._thread_leads:
+                    self._work.wait()
                 batch, self._queue = self._queue, []
-        else:
-            batch = [me]
+                if not batch:
+                    self._thread_leads = self._leading = False
+                    continue
+            self._commit(batch)
+            for p in batch:
+                p[2].release()
+
+    def _commit(self, batch: list[list[Any]]) -> None:
         with self.env.begin(write=True) as txn:
-            for k, v, _, _ in batch:
+            for k, v, _ in batch:
                 txn.put(k, v)
         self.commits += 1
         self.puts += len(batch)
-        with self._mutex:
-            if self._queue:
-                successor = self._queue[0]
-                successor[3] = True
-                successor[2].release()
-            else:
-                self._leading = False
-        for p in batch:
-            if p is not me:
-                p[2].release()
 
     def close(self) -> None:
         self.env.close()
