@@ -104,36 +104,31 @@ def test_without_a_thread_to_start_the_lone_leader_commits_the_queue(
 ) -> None:
     """Should the writer's thread fail to start, the caller handing the role over
     commits the queued batches itself: nobody is left waiting."""
+    real_start = threading.Thread.start
 
     def refuse(self) -> None:  # type: ignore[no-untyped-def]
-        raise RuntimeError("can't start new thread")
+        if self.name == "steplog-writer":
+            raise RuntimeError("can't start new thread")
+        real_start(self)
 
+    monkeypatch.setattr(threading.Thread, "start", refuse)
     with steplog.open(path) as store:
-        writer, queued = store._writer, store._writer._queue
+        writer = store._writer
+        assert writer._thread is None
         outcomes: dict[str, object] = {}
         call = _recorder(writer, outcomes)
-        go = threading.Event()
+        ran_on: dict[str, str] = {}
 
-        def lone(txn, batch):  # type: ignore[no-untyped-def]
-            go.wait(10)
-            return "a"
+        def op(name: str, wait: int = 0):  # type: ignore[no-untyped-def]
+            def note(txn, batch) -> None:  # type: ignore[no-untyped-def]
+                ran_on[name] = threading.current_thread().name
 
-        first = threading.Thread(target=call, args=("a", lone))
-        first.start()
-        _wait_until(lambda: writer._leading and not queued)
-        rest = [threading.Thread(target=call, args=(n, lambda txn, b, n=n: n)) for n in "bcd"]
-        for n, t in enumerate(rest, 1):
-            t.start()
-            _wait_until(lambda n=n: len(queued) >= n)  # type: ignore[misc]
-        monkeypatch.setattr(_writer.threading.Thread, "start", refuse)  # (test threads run)
-        go.set()
-        first.join(10)
-        monkeypatch.undo()
-        for t in [first, *rest]:
-            t.join(10)
-            assert not t.is_alive()
+            return _named_op(writer, name, wait, note)
+
+        _lead_then_queue(writer, call, ("a", op("a", wait=3)), [(n, op(n)) for n in "bcd"])
         assert outcomes == {n: n for n in "abcd"}
-        assert writer._thread is None and not writer._leading
+        assert set(ran_on.values()) == {"caller-a"}  # a led its own batch, then the queue
+        assert not writer._leading
         assert store.append("later", 1).index == 0
 
 
@@ -864,7 +859,7 @@ def test_an_interrupt_as_the_write_transaction_starts_aborts_it(
 
 #: Lines of a lone leader's path where an interrupt may land (a signal handler runs
 #: between any two lines): before its commit, after it landed, after its outcome was
-#: settled.
+#: settled, as it hands the role to the writer's thread.
 _LEADER_LINES = {
     "calling _commit": ("submit", "interrupt = self._commit([mine], [], mine)"),
     "entering _commit": ("_commit", "live = batch"),
@@ -873,6 +868,9 @@ _LEADER_LINES = {
     "counting the batch": ("_attempt", "self.committed_ops += ok"),
     "after the outcome": ("_commit", "p.stage = _DECIDED"),
     "during the hooks": ("_commit", "p.stage = _SETTLED"),
+    "waiting to hand off": ("_hand_off", "with self._mutex:"),
+    "telling the thread": ("_hand_off", "self._work.notify()"),
+    "as the role passes": ("_hand_off", "self._thread_leads, passed = True, True"),
 }
 _LANDED_BEFORE = {"calling _commit": False, "entering _commit": False}
 

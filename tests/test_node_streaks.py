@@ -229,8 +229,8 @@ def test_verify_reports_a_streak_in_a_format_1_store(path: Path) -> None:
 
 @pytest.mark.parametrize(
     ("streak_node", "streak"),
-    [(b"a", 2), (b"b", 0), (None, -2)],
-    ids=["starts elsewhere", "another node", "says no node"],
+    [(b"a", 2), (b"b", 0), (None, -2), (b"a", 4), (b"a", -3)],
+    ids=["starts elsewhere", "another node", "says no node", "past the end", "no such code"],
 )
 def test_verify_reports_a_header_wrong_about_the_latest_streak(
     path: Path, streak_node: bytes | None, streak: int
@@ -247,7 +247,11 @@ def test_verify_reports_a_header_wrong_about_the_latest_streak(
         txn.put(_keys.header_key(hdr.run_no), msgspec.msgpack.encode(wrong))
     env.close()
     with steplog.open(path) as store:
-        assert [(p.index, p.kind) for p in store.verify().problems] == [(3, "header")]
+        problems = store.verify().problems
+        assert [p.kind for p in problems] == ["header"]
+        if not 0 <= streak < 4 and streak != -2:  # a word the next append does not trust
+            store.append("r", 4, node="a")
+            assert [p.kind for p in store.verify().problems] == []
 
 
 def test_an_append_after_delete_latest_asks_the_index(path: Path) -> None:

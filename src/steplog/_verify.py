@@ -278,8 +278,11 @@ def _check_streak_hint(hdr: _RunHeader, seg: _Segment, problem: Any) -> None:
     from steplog.store import NO_STREAK
 
     last = hdr.length - 1
+    if hdr.streak > last or hdr.streak < NO_STREAK:
+        problem(hdr.run_id, None, "header", f"run header's streak {hdr.streak} is out of range")
+        return
     if last not in seg.decoded:
-        return  # a damaged latest record is reported already
+        return  # a damaged latest record (reported already), or none
     node = seg.nodes.get(last)
     if hdr.streak >= 0:
         named = hdr.streak_node.decode("utf-8", "replace") if hdr.streak_node else None

@@ -624,11 +624,11 @@ class Store:
         if not self._streaks:
             txn.put(_keys.node_key(run_no, node, index), b"")
             return UNKNOWN_STREAK
-        if hdr.streak == UNKNOWN_STREAK:  # ask the node index
+        if hdr.streak == NO_STREAK or 0 <= hdr.streak < index:  # the header knows
+            start = hdr.streak if hdr.streak_node == node else NO_STREAK
+        else:  # unknown (or a damaged header's word): ask the node index
             last = _last_streak(txn, run_no, node)
             start = last[0] if last is not None and last[0] + last[1] == index else NO_STREAK
-        else:
-            start = hdr.streak if hdr.streak_node == node else NO_STREAK
         if start < 0:
             txn.put(_keys.node_key(run_no, node, index), b"")
             return index
