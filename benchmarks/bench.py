@@ -1013,8 +1013,8 @@ def main() -> None:
     results["langgraph"] = lg
     s_, q_ = lg["steplog"], lg["sqlite"]
     # The put figures swing with the host from one minute to the next (StepLogSaver is
-    # CPU-bound, SqliteSaver waits on flushes): two more rounds of the puts alone,
-    # the three kinds taking turns, and the medians of the three rounds.
+    # CPU-bound, SqliteSaver waits on flushes): LG_PUT_ROUNDS - 1 more rounds of the
+    # puts alone, the three kinds taking turns, and the medians of all the rounds.
     rounds: dict[str, list[dict[str, Any]]] = {k: [lg[k]] for k in ("steplog", "sqlite", "raw")}
     for _ in range(LG_PUT_ROUNDS - 1):
         for k in rounds:

@@ -74,12 +74,7 @@ def test_a_lone_caller_leads_on_its_own_thread_and_a_queue_on_the_writers(path: 
     with steplog.open(path) as store:
         writer = store._writer
         ran_on: dict[str, str] = {}
-
-        def op(name: str, wait: int = 0):  # type: ignore[no-untyped-def]
-            def note(txn, batch) -> None:  # type: ignore[no-untyped-def]
-                ran_on[name] = threading.current_thread().name
-
-            return _named_op(writer, name, wait, note)
+        op = _noting_op(writer, ran_on)
 
         outcomes: dict[str, object] = {}
         call = _recorder(writer, outcomes)
@@ -118,12 +113,7 @@ def test_without_a_thread_to_start_the_lone_leader_commits_the_queue(
         outcomes: dict[str, object] = {}
         call = _recorder(writer, outcomes)
         ran_on: dict[str, str] = {}
-
-        def op(name: str, wait: int = 0):  # type: ignore[no-untyped-def]
-            def note(txn, batch) -> None:  # type: ignore[no-untyped-def]
-                ran_on[name] = threading.current_thread().name
-
-            return _named_op(writer, name, wait, note)
+        op = _noting_op(writer, ran_on)
 
         _lead_then_queue(writer, call, ("a", op("a", wait=3)), [(n, op(n)) for n in "bcd"])
         assert outcomes == {n: n for n in "abcd"}
@@ -614,6 +604,18 @@ def _named_op(writer: _writer.Writer, name: str, wait: int, then):  # type: igno
     return run
 
 
+def _noting_op(writer: _writer.Writer, ran_on: dict[str, str]):  # type: ignore[no-untyped-def]
+    """op(name, wait=0): a _named_op that notes in ``ran_on`` which thread ran it."""
+
+    def op(name: str, wait: int = 0):  # type: ignore[no-untyped-def]
+        def note(txn, batch) -> None:  # type: ignore[no-untyped-def]
+            ran_on[name] = threading.current_thread().name
+
+        return _named_op(writer, name, wait, note)
+
+    return op
+
+
 def _lead_then_queue(writer: _writer.Writer, call, lone, queued) -> None:  # type: ignore[no-untyped-def]
     """``call(*lone)`` leads alone; each of ``queued`` (``call`` arguments) queues
     behind it, in order; returns once every call has returned."""
@@ -954,7 +956,7 @@ class _SlowBegin:
         return getattr(self._env, name)
 
 
-def test_a_committed_caller_does_not_wait_for_a_next_leader_held_up(path: Path) -> None:
+def test_a_committed_caller_does_not_wait_for_a_next_batch_held_up(path: Path) -> None:
     """Callers of a committed batch are woken by the next batch; if its leader cannot
     start its transaction (another process holds the write lock), they go on their
     own, well before it does."""
@@ -1004,6 +1006,8 @@ def test_a_committed_caller_does_not_wait_for_a_next_leader_held_up(path: Path) 
     for t in threads.values():
         t.join(10)
         assert not t.is_alive()
+    _wait_until(lambda: not writer._leading)
+    writer.close()
     env.close()
     assert returned["d"] - returned["b"] > 1.5  # d's own batch waited for the lock
     assert returned["c"] - returned["b"] < 0.5  # c's was durable with b's: it went on
@@ -1062,7 +1066,7 @@ def test_a_second_interrupt_as_a_queued_caller_withdraws_leaves_the_queue_workin
     path: Path,
 ) -> None:
     """The first interrupt ends a queued caller's wait; a second lands before it has
-    taken its op out of the queue. The op must never run nor be made leader."""
+    taken its op out of the queue. The op must never run."""
     import inspect
     import sys
 

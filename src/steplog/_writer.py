@@ -9,9 +9,8 @@ own thread, with no hand-off. Callers arriving meanwhile queue up; when that com
 done, the role passes to the writer's own thread (started with the writer; should none
 be had, the caller leads the queue itself), which commits batch after batch, each
 holding all that queued during the previous flush, until it finds the queue empty and
-gives the role up. A lone caller thus
-commits on its own thread, and under load one flush acknowledges many checkpoints
-without the role changing threads between batches. (Measured with 20 StepLogSaver
+gives the role up. Under load one flush thus acknowledges many checkpoints without the
+role changing threads between batches. (Measured with 20 StepLogSaver
 threads on 2 cores, paired runs: +7 to +26% puts/s, median ~+17%, against handing the
 role to the first queued caller each time, whose wake-up and GIL take-over sat on
 every commit's critical path.)
@@ -77,7 +76,7 @@ MAX_BATCH = 512
 #: keeps short batches uncontended, and must not make them wait for a long one.
 WAKE_AFTER = 0.001
 #: A caller waits at most this long (seconds) at a time for its wake-up; then, if its
-#: batch has committed and settled, it returns without waiting for the next leader.
+#: batch has committed and settled, it returns without waiting for the next batch.
 SELF_WAKE = 0.005
 
 
@@ -185,7 +184,8 @@ class Writer:
         self._on_map_full = on_map_full
         self._on_map_resized = on_map_resized
         self._queue: deque[_Pending[Any]] = deque()
-        # taken a few times per write: used directly, the Condition only for close()
+        # taken a few times per write: used directly, the Conditions only for close()
+        # (_idle) and the writer's thread (_work)
         self._mutex = threading.Lock()
         self._idle = threading.Condition(self._mutex)
         #: a lone caller, or the writer's thread, leads (runs the next batch)
@@ -248,11 +248,7 @@ class Writer:
                 _wake(mine.chain)  # woken, it may not have passed the wake-up on
             if lead:
                 if not clean:  # an interrupt
-                    if mine.stage == _OPEN:  # never run to an outcome
-                        mine.error = mine.error or StorageError(
-                            "the commit was interrupted; nothing of this operation was written"
-                        )
-                    mine.stage = _SETTLED
+                    _settle([mine], [])
                 self._hand_off()
         if interrupt is not None:
             raise interrupt  # this thread's interrupt, after its batch's outcome was settled
@@ -347,8 +343,8 @@ class Writer:
         """Run and commit ``batch``, waking ``asleep`` (callers of the previous, already
         durable batch) before the flush, or at the end whatever happens. Returns an
         interrupt (KeyboardInterrupt, ...) that reached this leader thread after its
-        commit had landed: the batch succeeded, and the leader (``mine``'s caller, or
-        the writer's thread if None) re-raises it later."""
+        commit had landed: the batch succeeded; ``mine``'s caller re-raises it (with
+        None, _lead_queue returns it: see there)."""
         live = batch
         interrupt = None
         isolate = False
@@ -544,7 +540,7 @@ def _wake(callers: list[_Pending[Any]]) -> None:
     Woken all at once, they would all contend for the GIL together, and each brief
     release of it (an LMDB or zstd call in any thread) would wake some of them only to
     put them back to sleep: measured with 20 StepLogSaver threads on 2 cores, ~12.3
-    context switches per step woken at once, ~8.7 in a chain, and 6-16% more steps/s.
+    context switches per step woken at once, ~8.8 in a chain, and 6-16% more steps/s.
     A caller that went on without its wake-up (SELF_WAKE) leaves the rest of its
     chain to do the same."""
     if callers:

@@ -66,6 +66,12 @@ _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _NO_STATUS = -1
 
 
+#: _RunHeader.streak: the node index says (a format 1 store, or after delete_latest)
+UNKNOWN_STREAK = -1
+#: _RunHeader.streak: the run's latest checkpoint names no node, or it has none
+NO_STREAK = -2
+
+
 class _RunHeader(msgspec.Struct, array_like=True, frozen=True):
     """``runs`` value: the run's segment header. Frozen: the writer keeps the headers
     its appends wrote across commits (see Batch.headers), shared, never copied."""
@@ -85,13 +91,7 @@ class _RunHeader(msgspec.Struct, array_like=True, frozen=True):
     #: ``streak`` (format 2 on); ``streak`` is NO_STREAK if the latest names no node
     #: (or the run is empty) and UNKNOWN_STREAK if not known (read the node index)
     streak_node: bytes | None = None
-    streak: int = -1
-
-
-#: _RunHeader.streak: the node index says (a format 1 store, or after delete_latest)
-UNKNOWN_STREAK = -1
-#: _RunHeader.streak: the run's latest checkpoint names no node, or it has none
-NO_STREAK = -2
+    streak: int = UNKNOWN_STREAK
 
 
 _HEADER_ENCODER = msgspec.msgpack.Encoder()
