@@ -73,12 +73,7 @@ def test_a_lone_caller_leads_on_its_own_thread_and_a_queue_on_the_writers(path: 
     once the queue is empty the role is free again, and close() ends the thread."""
     with steplog.open(path) as store:
         writer = store._writer
-        ran_on: dict[str, str] = {}
-        op = _noting_op(writer, ran_on)
-
-        outcomes: dict[str, object] = {}
-        call = _recorder(writer, outcomes)
-        _lead_then_queue(writer, call, ("a", op("a", wait=3)), [(n, op(n)) for n in "bcd"])
+        outcomes, ran_on, op = _a_then_bcd(writer)
         assert outcomes == {n: n for n in "abcd"}
         assert ran_on == {
             "a": "caller-a",
@@ -110,12 +105,7 @@ def test_without_a_thread_to_start_the_lone_leader_commits_the_queue(
     with steplog.open(path) as store:
         writer = store._writer
         assert writer._thread is None
-        outcomes: dict[str, object] = {}
-        call = _recorder(writer, outcomes)
-        ran_on: dict[str, str] = {}
-        op = _noting_op(writer, ran_on)
-
-        _lead_then_queue(writer, call, ("a", op("a", wait=3)), [(n, op(n)) for n in "bcd"])
+        outcomes, ran_on, _op = _a_then_bcd(writer)
         assert outcomes == {n: n for n in "abcd"}
         assert set(ran_on.values()) == {"caller-a"}  # a led its own batch, then the queue
         assert not writer._leading
@@ -614,6 +604,17 @@ def _noting_op(writer: _writer.Writer, ran_on: dict[str, str]):  # type: ignore[
         return _named_op(writer, name, wait, note)
 
     return op
+
+
+def _a_then_bcd(writer: _writer.Writer):  # type: ignore[no-untyped-def]
+    """Operation "a" leads alone until "b", "c" and "d" have queued behind it; returns
+    (each call's outcome, the thread each ran on, the op factory used)."""
+    outcomes: dict[str, object] = {}
+    ran_on: dict[str, str] = {}
+    op = _noting_op(writer, ran_on)
+    call = _recorder(writer, outcomes)
+    _lead_then_queue(writer, call, ("a", op("a", wait=3)), [(n, op(n)) for n in "bcd"])
+    return outcomes, ran_on, op
 
 
 def _lead_then_queue(writer: _writer.Writer, call, lone, queued) -> None:  # type: ignore[no-untyped-def]

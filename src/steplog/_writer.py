@@ -318,12 +318,11 @@ class Writer:
                 return interrupt
             try:
                 interrupt = self._commit(batch, asleep, None) or interrupt
-            except BaseException as exc:  # one that cut _commit short
+            except BaseException as exc:  # one that cut _commit short (which settles all)
                 interrupt = interrupt or exc
-            finally:
                 _settle(batch, asleep)
-                with self._mutex:
-                    self._deferred = self._deferred + batch
+            with self._mutex:
+                self._deferred = self._deferred + batch
 
     def close(self) -> None:
         """Refuse new writes and wait until queued ones have committed; the writer's

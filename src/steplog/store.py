@@ -317,11 +317,9 @@ class Store:
         raw = txn.get(_keys.META_NEXT_RUN_NO)
         last = U64.unpack(raw)[0] if raw is not None and len(raw) == U64.size else 0
         cur = txn.cursor()
-        end = _keys.prefix_end(_keys.SEGMENT)
-        found = cur.prev() if end is not None and cur.set_range(end) else cur.last()
-        if found:
+        if _seek_last(cur, _keys.SEGMENT):
             key = cur.key()
-            if key.startswith(_keys.SEGMENT) and len(key) >= 1 + U64.size:
+            if len(key) >= 1 + U64.size:
                 last = max(last, U64.unpack_from(key, 1)[0])
         txn.put(_keys.META_NEXT_RUN_NO, U64.pack(last + 1))
         return last + 1
@@ -1194,9 +1192,7 @@ class Store:
         """Headers of the runs listed under a recency ``prefix`` (global or one
         workflow's), most recently updated first."""
         cur = txn.cursor()
-        end = _keys.prefix_end(prefix)
-        ok = cur.set_range(end) if end is not None else False
-        ok = cur.prev() if ok else cur.last()
+        ok = _seek_last(cur, prefix)
         while ok and cur.key().startswith(prefix):
             value = cur.value()
             try:
@@ -1547,18 +1543,20 @@ class AppendBatch:
         self._ops.append((None, op))
 
 
+def _seek_last(cur: Any, prefix: bytes) -> bool:
+    """Put ``cur`` on the greatest key that starts with ``prefix``; False if none does."""
+    end = _keys.prefix_end(prefix)
+    found = cur.prev() if end is not None and cur.set_range(end) else cur.last()
+    return bool(found) and cur.key().startswith(prefix)
+
+
 def _last_streak(txn: Txn, run_no: int, node: bytes) -> tuple[int, int] | None:
     """(start, length) of the run's last streak of ``node``'s checkpoints, or None."""
     prefix = _keys.node_prefix(run_no, node)
     cur = txn.cursor()
-    end = _keys.prefix_end(prefix)
-    found = cur.prev() if end is not None and cur.set_range(end) else cur.last()
-    if not found:
+    if not _seek_last(cur, prefix):
         return None
-    key = cur.key()
-    if not key.startswith(prefix):
-        return None
-    return U64.unpack_from(key, len(prefix))[0], _keys.streak_length(cur.value())
+    return U64.unpack_from(cur.key(), len(prefix))[0], _keys.streak_length(cur.value())
 
 
 def _drop_node_entry(txn: Txn, run_no: int, node: bytes, index: int) -> None:
