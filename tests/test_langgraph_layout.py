@@ -14,6 +14,7 @@ from langgraph.checkpoint.base import empty_checkpoint
 from langgraph.checkpoint.base.id import uuid6
 
 from steplog.langgraph import StepLogSaver
+from steplog.store import _streaks
 
 SEP = "\x1f"
 
@@ -76,21 +77,16 @@ def test_a_checkpoint_and_its_writes_take_one_node_entry(path: Path) -> None:
         ids = _chat(saver, "t", 3)
         saver.put_writes(_cfg("t", ids[-1]), [("messages", "second task")], "task-b")
         saver.put_writes(_cfg("t", ids[0]), [("messages", "late")], "task-late")
-        prefix = b"S" + (1).to_bytes(8, "big") + b"\x02"
-        entries = saver.store._read(
-            lambda txn: [
-                (k[len(prefix) : -9].decode(), int.from_bytes(k[-8:], "big"), v)
-                for k, v in txn.cursor()
-                if k.startswith(prefix)
-            ]
-        )
+        store = saver.store
+        run = b"lg\x1fc\x1ft\x1f"
+        entries = store._read(lambda txn: _streaks(txn, store._header(txn, run)))
         # (id, first index, streak length): each put and the writes right after it
-        # share an entry; a late write to an older checkpoint starts one of its own
+        # share a streak; a late write to an older checkpoint starts one of its own
         assert sorted(entries, key=lambda e: e[1]) == [
-            (ids[0], 0, b"\x02"),
-            (ids[1], 2, b"\x02"),
-            (ids[2], 4, b"\x03"),
-            (ids[0], 7, b""),
+            (ids[0].encode(), 0, 2),
+            (ids[1].encode(), 2, 2),
+            (ids[2].encode(), 4, 3),
+            (ids[0].encode(), 7, 1),
         ]
         assert [w[2] for w in saver.get_tuple(_cfg("t", ids[0])).pending_writes] == [
             "message 0: " + "lorem ipsum dolor sit amet " * 20,

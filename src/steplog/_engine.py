@@ -35,6 +35,8 @@ class Engine:
         self.env, version = _env.open_env(path, map_size, metasync=metasync)
         #: whether a node entry may stand for a streak of checkpoints (format 2 on)
         self.streaks = version >= _env.STREAKS
+        #: whether a run header holds the run's newest streaks (format 3 on)
+        self.tails = version >= _env.TAILS
         self.gate = _env.Gate()
         self._session = _Session(self)
         self.data_file = _residency.identity(path / "data.mdb")

@@ -23,11 +23,15 @@ from steplog.errors import NotAStore, StorageError, UnsupportedFormat
 FORMAT_MAGIC = "steplog"
 #: The format new stores are made in. 2: a node entry stands for a streak of the
 #: node's consecutive checkpoints (_keys.node_prefix); format 1 wrote one entry per
-#: checkpoint. Both are read; a store keeps writing in the format it was made in, so a
-#: format 1 store stays readable by the steplog that made it.
-FORMAT_VERSION = 2
+#: checkpoint. 3: a run's newest streaks live in its header (its ``tail``) until a
+#: few have gathered, and only then go into the node index. All are read; a store
+#: keeps writing in the format it was made in, so a store stays readable by the
+#: steplog that made it.
+FORMAT_VERSION = 3
 #: The first format whose node entries may stand for more than one checkpoint.
 STREAKS = 2
+#: The first format whose run headers hold their newest streaks (see _RunHeader.tail).
+TAILS = 3
 
 #: Initial map: large enough that most stores never resize (the file grows only as
 #: data is written; the map is address space, not disk).

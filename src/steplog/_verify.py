@@ -164,6 +164,7 @@ def verify(store: Store, txn: Txn, decode_header: Any, scan: Scan) -> VerifyRepo
                 "missing",
                 f"records {_ranges(seg.records)} for length {hdr.length}{gaps}",
             )
+        _add_tail(hdr, seg, store._tails, problem)
         expected_nodes = {(node, i) for i, node in seg.nodes.items()}
         if expected_nodes - seg.node_entries:
             problem(
@@ -179,7 +180,8 @@ def verify(store: Store, txn: Txn, decode_header: Any, scan: Scan) -> VerifyRepo
         }
         if stray:
             problem(hdr.run_id, None, "index", f"stray node entries: {sorted(stray)[:5]}")
-        _check_streak_hint(hdr, seg, problem)
+        if not store._tails:
+            _check_streak_hint(hdr, seg, problem)
         if hdr.length and seg.last_head is not None and seg.last_head[0] == hdr.length - 1:
             last = seg.last_head[1]
             if (last.seq, last.created_ns, _record.STATUS_CODES[last.status]) != (
@@ -270,6 +272,30 @@ def verify(store: Store, txn: Txn, decode_header: Any, scan: Scan) -> VerifyRepo
 
 
 _TAGS = (_keys.META, _keys.IDS, _keys.SEGMENT, _keys.WORKFLOWS, _keys.RECENT, _keys.CHILDREN)
+
+
+def _add_tail(hdr: _RunHeader, seg: _Segment, tails: bool, problem: Any) -> None:
+    """Count the streaks of the header's tail (format 3) as node entries: each must be
+    newer than every indexed streak and every streak before it, and within the run."""
+    if hdr.tail and not tails:
+        problem(hdr.run_id, None, "header", "run header holds streaks its format does not")
+        return
+    newest = max((start for _node, start in seg.streaks), default=-1)
+    for name, start, length in hdr.tail:
+        node = name.decode("utf-8", "replace")
+        if length < 1 or start <= newest or start + length > hdr.length:
+            problem(
+                hdr.run_id,
+                None,
+                "header",
+                f"run header's streak of {node!r} ({start}, {length}) is out of order or range",
+            )
+            continue
+        newest = start
+        for i in range(start, start + length):
+            if (node, i) in seg.node_entries:
+                problem(hdr.run_id, i, "index", f"indexed twice under node {node!r}")
+            seg.node_entries.add((node, i))
 
 
 def _check_streak_hint(hdr: _RunHeader, seg: _Segment, problem: Any) -> None:
