@@ -77,7 +77,7 @@ NO_STREAK = -2
 #: shares a page with the run's newest records: the node index, whose newest entries
 #: sit on another page of the run's segment, is written once per TAIL_MAX streaks
 #: instead of at every append. Measured with 20 StepLogSaver threads (one new node per
-#: step, its pending writes lengthening the streak): ~31 -> ~22 pages written per
+#: step, its pending writes lengthening the streak): ~30 -> ~21 pages written per
 #: group commit.
 TAIL_MAX = 8
 TAIL_BYTES = 512
