@@ -215,6 +215,7 @@ def verify(store: Store, txn: Txn, decode_header: Any, scan: Scan) -> VerifyRepo
             )
         seen_recent[run_no] += 1
     seen_wf: dict[int, int] = defaultdict(int)
+    before: tuple[str, int] = ("", -1)  # (workflow, seq) of the entry before
     for key, value in _scan(txn, _keys.WORKFLOWS):
         if len(key) < 11 or key[-9:-8] != _keys.SEP or len(value) != U64.size:
             problem("?", None, "index", f"malformed workflow entry {key!r}")
@@ -222,13 +223,18 @@ def verify(store: Store, txn: Txn, decode_header: Any, scan: Scan) -> VerifyRepo
         workflow = key[1:-9].decode("utf-8", "replace")
         seq, run_no = U64.unpack_from(key, len(key) - 8)[0], U64.unpack(value)[0]
         hdr = headers.get(run_no)
-        if hdr is None or hdr.seq != seq or hdr.workflow_id != workflow:
+        keyed = -1 if hdr is None else hdr.seq if hdr.wseq < 0 else hdr.wseq
+        if hdr is None or keyed != seq or hdr.workflow_id != workflow:
             problem(
                 ids.get(run_no, f"#{run_no}"),
                 None,
                 "index",
                 f"stale workflow entry ({workflow!r}, seq {seq})",
             )
+        elif before[0] == workflow and before[1] >= hdr.seq:  # (keyed by an older seq)
+            problem(hdr.run_id, None, "index", f"workflow {workflow!r} lists it out of order")
+        if hdr is not None:
+            before = (workflow, hdr.seq)
         seen_wf[run_no] += 1
     for run_no, hdr in headers.items():
         if seen_recent[run_no] != 1:

@@ -111,6 +111,10 @@ class _RunHeader(msgspec.Struct, array_like=True, frozen=True):
     #: after every indexed streak of the run, and each node's checkpoints are those of
     #: its indexed streaks and of its streaks here (see TAIL_MAX)
     tail: tuple[Streak, ...] = ()
+    #: (format 3 on) the seq the run's workflow entry is keyed by: its seq when last
+    #: moved, which an append leaves as it is when the run is its workflow's newest
+    #: already (the entries' order stays their runs' update order); -1: ``seq``
+    wseq: int = -1
 
 
 _HEADER_ENCODER = msgspec.msgpack.Encoder()
@@ -548,21 +552,36 @@ class Store:
             parent_index=hdr.parent_index,
         )
 
-    def _set_recency(self, txn: Txn, old: _RunHeader | None, new: _RunHeader) -> None:
+    def _set_recency(
+        self, txn: Txn, old: _RunHeader | None, new: _RunHeader, *, newer: bool = True
+    ) -> _RunHeader:
         """Write the run's header; move its recency entries (global and workflow) from
-        old.seq to new.seq; a new run (``old`` None) also gets its id entry."""
-        if old is not None:
-            txn.delete(_keys.recent_key(old.seq))
-            if old.workflow_id is not None:
-                wf = old.workflow_id.encode()
-                txn.delete(_keys.workflow_key(wf, old.seq))
+        old's seqs to new.seq; a new run (``old`` None) also gets its id entry. Returns
+        the header written. ``newer``: new.seq is above every seq in the store (not so
+        after delete_latest); then a run already its workflow's newest keeps its
+        workflow entry where it is (format 3), as its place in the order is the same."""
         run_no = U64.pack(new.run_no)
         if old is None:
             txn.put(_keys.id_key(new.run_id.encode()), run_no)
+        else:
+            txn.delete(_keys.recent_key(old.seq))
         txn.put(_keys.recent_key(new.seq), run_no)
+        wseq = -1  # keyed by its seq
         if new.workflow_id is not None:
-            txn.put(_keys.workflow_key(new.workflow_id.encode(), new.seq), run_no)
+            wf = new.workflow_id.encode()
+            if old is None:
+                txn.put(_keys.workflow_key(wf, new.seq), run_no)
+            else:
+                listed = _keys.workflow_key(wf, _wseq(old))
+                if newer and self._tails and _last_under(txn, _keys.workflow_prefix(wf), listed):
+                    wseq = _wseq(old)
+                else:
+                    txn.delete(listed)
+                    txn.put(_keys.workflow_key(wf, new.seq), run_no)
+        if new.wseq != wseq:
+            new = msgspec.structs.replace(new, wseq=wseq)
         txn.put(_keys.header_key(new.run_no), _HEADER_ENCODER.encode(new))
+        return new
 
     def _encode(self, run_id: str, node: str | None, metadata: dict[str, Any], state: Any) -> bytes:
         payload = _record.encode_payload(run_id, node, metadata, state)
@@ -630,7 +649,7 @@ class Store:
             streak=streak,
             tail=tail,
         )
-        self._set_recency(txn, old, new)
+        new = self._set_recency(txn, old, new)
         anchors = prev.anchors_after(payload) if prev is not None else ()
         latest = Latest(index, seq, depth, payload, body.stream, body.pos, body.big, anchors)
         older: Latest | None = batch.scratch.get(hdr.run_no)
@@ -1051,7 +1070,7 @@ class Store:
                     streak_node=None,
                     streak=UNKNOWN_STREAK if index else NO_STREAK,
                 )
-            self._set_recency(txn, hdr, new)
+            self._set_recency(txn, hdr, new, newer=False)  # its seq went back
             self._forget(batch, run_id, hdr.run_no)
             return gone
 
@@ -1090,7 +1109,7 @@ class Store:
             txn.delete(_keys.child_key(hdr.parent_run_no, hdr.parent_index, hdr.run_no))
         txn.delete(_keys.recent_key(hdr.seq))
         if hdr.workflow_id is not None:
-            txn.delete(_keys.workflow_key(hdr.workflow_id.encode(), hdr.seq))
+            txn.delete(_keys.workflow_key(hdr.workflow_id.encode(), _wseq(hdr)))
         txn.delete(_keys.id_key(rid))
         self._forget(batch, run_id, hdr.run_no)
         return hdr.length
@@ -1605,6 +1624,17 @@ class AppendBatch:
             store._apply_purge(txn, batch, run_id, rid)
 
         self._ops.append((None, op))
+
+
+def _wseq(hdr: _RunHeader) -> int:
+    """The seq the run's workflow entry is keyed by."""
+    return hdr.seq if hdr.wseq < 0 else hdr.wseq
+
+
+def _last_under(txn: Txn, prefix: bytes, key: bytes) -> bool:
+    """Whether ``key`` (a fixed-width key under ``prefix``) is the last key under it."""
+    cur = txn.cursor()
+    return not (cur.set_range(key + b"\x00") and cur.key().startswith(prefix))
 
 
 def _seek_last(cur: Any, prefix: bytes) -> bool:
