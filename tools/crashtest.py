@@ -79,7 +79,10 @@ def writer(path: Path, log_path: Path, seed: int, durability: str) -> None:
                 state = {"run": run, "n": prev["n"] + 1, "items": items, "seed": seed}
                 h = digest(state)
                 log("I", "A", run, h)
-                cp = store.append(run, state, node=rng.choice(["a", "b", None]))
+                workflow = f"w{t}-{int(run.rsplit('r', 1)[1]) % 2}"  # runs share workflows
+                cp = store.append(
+                    run, state, workflow_id=workflow, node=rng.choice(["a", "b", None])
+                )
                 log("A", run, cp.index, h)
                 states[run] = state
             elif roll < 0.92:
