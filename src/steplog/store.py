@@ -1825,43 +1825,59 @@ class _View:
         cur = self._txn.cursor()
         found = cur.prev() if bound is not None and cur.set_range(bound) else cur.last()
         found = found and cur.key().startswith(prefix)
-        # The tail's streaks (by their nodes' entry prefixes, which compare with the
-        # bound and the index's keys as the nodes' entries do) are newer than the
-        # indexed ones. A node above the greatest indexed one has no indexed streak.
-        top = cur.key()[: -U64.size] if found else None
+        cut = len(prefix)
+        # The tail's streaks are newer than the indexed ones; a node above the greatest
+        # indexed one (``top``) has no indexed streak. (Names hold no NUL, so they
+        # compare as their entries' keys do.)
+        top = cur.key()[cut : -U64.size - 1] if found else None
+        end = None if below is None or bound is None else bound[cut:]
+        if limit == 1 and hdr.tail:  # (the latest checkpoint of a LangGraph thread)
+            best = None
+            for name, _first, _length in hdr.tail:
+                if (best is None or name > best) and (end is None or name + _keys.SEP < end):
+                    best = name
+            if best is not None and (top is None or best > top):
+                indices = [
+                    i for n, first, k in hdr.tail if n == best for i in range(first, first + k)
+                ]
+                return [(best.decode(), indices)]
         fresh: dict[bytes, list[int]] = {}
         older: dict[bytes, list[int]] = {}
-        for name, first, length in hdr.tail:
-            node_prefix = prefix + name + _keys.SEP
-            if bound is None or node_prefix < bound:
-                into = fresh if top is None or node_prefix > top else older
-                into.setdefault(node_prefix, []).extend(range(first, first + length))
-        found_nodes = sorted(fresh.items(), reverse=True)[:limit]
+        if hdr.tail:
+            for name, first, length in hdr.tail:
+                if end is not None and name + _keys.SEP >= end:
+                    continue
+                into = fresh if top is None or name > top else older
+                got = into.get(name)
+                if got is None:
+                    into[name] = list(range(first, first + length))
+                else:
+                    got.extend(range(first, first + length))
+        found_nodes = sorted(fresh.items(), reverse=True)[:limit] if fresh else []
         current = b""
-        while (found and len(found_nodes) < limit) or current:
+        while found and (current or len(found_nodes) < limit):
             key: bytes = cur.key()
-            if not found or not key.startswith(prefix):
+            if not key.startswith(prefix):
                 break
-            node_prefix = key[: -U64.size]
-            start = U64.unpack_from(key, len(node_prefix))[0]
+            name = key[cut : -U64.size - 1]
+            start = U64.unpack_from(key, len(key) - U64.size)[0]
             length = _keys.streak_length(cur.value())
             if length:  # (0: a malformed entry, which stands for nothing)
-                if node_prefix != current:
+                if name != current:
                     if len(found_nodes) == limit:
                         break
-                    current = node_prefix
-                    found_nodes.append((node_prefix, []))
+                    current = name
+                    found_nodes.append((name, []))
                 found_nodes[-1][1].extend(range(start + length - 1, start - 1, -1))
             found = cur.prev()
-        for node_prefix, indices in found_nodes:
-            if node_prefix in fresh:
+        for name, indices in found_nodes:
+            if name in fresh:
                 continue
             indices.reverse()
-            indices.extend(older.pop(node_prefix, ()))
+            indices.extend(older.pop(name, ()))
         if older:  # tail-only nodes the walk went past (or stopped before)
             found_nodes = sorted(found_nodes + list(older.items()), reverse=True)[:limit]
-        cut = len(prefix)
-        return [(node_prefix[cut:-1].decode(), indices) for node_prefix, indices in found_nodes]
+        return [(name.decode(), indices) for name, indices in found_nodes]
 
     def _state(self, run_id: str, hdr: _RunHeader, at: int) -> tuple[str | None, Any]:
         store = self._store
