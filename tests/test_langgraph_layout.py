@@ -14,7 +14,7 @@ from langgraph.checkpoint.base import empty_checkpoint
 from langgraph.checkpoint.base.id import uuid6
 
 from steplog.langgraph import StepLogSaver
-from steplog.store import _streaks
+from steplog.store import _View
 
 SEP = "\x1f"
 
@@ -77,16 +77,22 @@ def test_a_checkpoint_and_its_writes_take_one_node_entry(path: Path) -> None:
         ids = _chat(saver, "t", 3)
         saver.put_writes(_cfg("t", ids[-1]), [("messages", "second task")], "task-b")
         saver.put_writes(_cfg("t", ids[0]), [("messages", "late")], "task-late")
-        store = saver.store
-        run = b"lg\x1fc\x1ft\x1f"
-        entries = store._read(lambda txn: _streaks(txn, store._header(txn, run)))
+        run = "lg\x1fc\x1ft\x1f"
+        nodes = saver.store._view(lambda view: _View.nodes_below(view, run, None, 10))
         # (id, first index, streak length): each put and the writes right after it
         # share a streak; a late write to an older checkpoint starts one of its own
-        assert sorted(entries, key=lambda e: e[1]) == [
-            (ids[0].encode(), 0, 2),
-            (ids[1].encode(), 2, 2),
-            (ids[2].encode(), 4, 3),
-            (ids[0].encode(), 7, 1),
+        streaks: list[tuple[str, int, int]] = []
+        for node, indices in nodes:
+            for i in indices:
+                if streaks and streaks[-1][0] == node and sum(streaks[-1][1:]) == i:
+                    streaks[-1] = (node, streaks[-1][1], streaks[-1][2] + 1)
+                else:
+                    streaks.append((node, i, 1))
+        assert sorted(streaks, key=lambda e: e[1]) == [
+            (ids[0], 0, 2),
+            (ids[1], 2, 2),
+            (ids[2], 4, 3),
+            (ids[0], 7, 1),
         ]
         assert [w[2] for w in saver.get_tuple(_cfg("t", ids[0])).pending_writes] == [
             "message 0: " + "lorem ipsum dolor sit amet " * 20,

@@ -6,6 +6,7 @@ runs(workflow), latest(workflow), purge and verify see the same in every format.
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 from pathlib import Path
 
 import lmdb
@@ -106,6 +107,44 @@ def test_runs_of_a_workflow_stay_in_update_order(path: Path, fmt: int, seed: int
             assert store.verify().ok, step
 
 
+def test_an_append_writes_a_missing_entry_afresh(path: Path) -> None:
+    """A damaged store lost the newest run's workflow entry: the next append writes it
+    again (it does not keep an entry that is not there)."""
+    with steplog.open(path) as store:
+        store.append("r", 0, workflow_id="wf")
+        store.append("r", 1, workflow_id="wf")  # keeps its entry
+        hdr = store._read(lambda txn: store._header(txn, b"r"))
+    env = lmdb.open(str(path))
+    with env.begin(write=True) as txn:
+        assert txn.delete(_keys.workflow_key(b"wf", hdr.wseq))
+    env.close()
+    with steplog.open(path) as store:
+        assert not store.verify().ok
+        store.append("r", 2, workflow_id="wf")
+        assert [r.run_id for r in store.runs("wf")] == ["r"]
+        assert store.latest("wf").index == 2
+        assert store.verify().ok
+
+
+@pytest.mark.parametrize("fmt", [2, 3])
+def test_verify_reports_a_wseq_where_there_is_no_entry_to_key(
+    path: Path, fmt: int, rewrite_header: Callable[..., None]
+) -> None:
+    _set_format(path, fmt)
+    names = ["alone"] if fmt == 3 else ["alone", "r"]  # (format 3 may key by a wseq)
+    with steplog.open(path) as store:
+        store.append("alone", 0)  # no workflow
+        store.append("r", 0, workflow_id="wf")
+        headers = [store._read(lambda txn, n=n: store._header(txn, n.encode())) for n in names]
+    for hdr in headers:
+        rewrite_header(path, hdr, wseq=hdr.seq)
+    with steplog.open(path) as store:
+        problems = store.verify().problems
+    assert sorted((p.run_id, p.kind) for p in problems if p.kind == "header") == [
+        (n, "header") for n in sorted(names)
+    ]
+
+
 def test_purge_removes_an_entry_keyed_by_an_older_seq(path: Path) -> None:
     with steplog.open(path) as store:
         for i in range(3):
@@ -116,7 +155,7 @@ def test_purge_removes_an_entry_keyed_by_an_older_seq(path: Path) -> None:
         assert store.verify().ok
 
 
-@pytest.mark.parametrize("what", ["keyed elsewhere", "out of order"])
+@pytest.mark.parametrize("what", ["keyed elsewhere", "out of order", "keyed below the run before"])
 def test_verify_reports_a_workflow_entry_that_lies(path: Path, what: str) -> None:
     with steplog.open(path) as store:
         store.append("old", 0, workflow_id="wf")
@@ -130,10 +169,15 @@ def test_verify_reports_a_workflow_entry_that_lies(path: Path, what: str) -> Non
         if what == "keyed elsewhere":
             wrong = msgspec.structs.replace(new, wseq=new.seq)
             txn.put(_keys.header_key(new.run_no), msgspec.msgpack.encode(wrong))
-        else:  # "old" updated later than "new", still listed before it
-            wrong = msgspec.structs.replace(old, seq=new.seq + 1, wseq=old.seq)
+        else:
+            # "out of order": "old" updated after "new", still listed before it;
+            # "keyed below the run before": the runs are in update order, but "new" is
+            # keyed below "old"'s seq (a delete_latest of "new" would then list it
+            # first however old it became)
+            seq = new.seq + 1 if what == "out of order" else new.wseq + 1
+            wrong = msgspec.structs.replace(old, seq=seq, wseq=old.seq)
             txn.delete(_keys.recent_key(old.seq))
-            txn.put(_keys.recent_key(new.seq + 1), _keys.U64.pack(old.run_no))
+            txn.put(_keys.recent_key(seq), _keys.U64.pack(old.run_no))
             txn.put(_keys.header_key(old.run_no), msgspec.msgpack.encode(wrong))
     env.close()
     with steplog.open(path) as store:

@@ -224,19 +224,23 @@ def verify(store: Store, txn: Txn, decode_header: Any, scan: Scan) -> VerifyRepo
         seq, run_no = U64.unpack_from(key, len(key) - 8)[0], U64.unpack(value)[0]
         hdr = headers.get(run_no)
         keyed = -1 if hdr is None else hdr.seq if hdr.wseq < 0 else hdr.wseq
-        if hdr is None or keyed != seq or hdr.workflow_id != workflow:
+        if hdr is None or keyed != seq or hdr.workflow_id != workflow or keyed > hdr.seq:
             problem(
                 ids.get(run_no, f"#{run_no}"),
                 None,
                 "index",
                 f"stale workflow entry ({workflow!r}, seq {seq})",
             )
-        elif before[0] == workflow and before[1] >= hdr.seq:  # (keyed by an older seq)
+        elif before[0] == workflow and before[1] >= seq:
+            # each key must be above the seq of the run listed before it: then the
+            # entries are in update order, and an append to the last one may keep it
             problem(hdr.run_id, None, "index", f"workflow {workflow!r} lists it out of order")
         if hdr is not None:
             before = (workflow, hdr.seq)
         seen_wf[run_no] += 1
     for run_no, hdr in headers.items():
+        if hdr.wseq >= 0 and (not store._tails or hdr.workflow_id is None):
+            problem(hdr.run_id, None, "header", "run header keys a workflow entry it cannot")
         if seen_recent[run_no] != 1:
             problem(hdr.run_id, None, "index", f"{seen_recent[run_no]} recency entries, not 1")
         if seen_wf[run_no] != (hdr.workflow_id is not None):

@@ -1051,7 +1051,12 @@ class Store:
             tail = hdr.tail
             if gone.node is not None:
                 node = gone.node.encode()
-                if tail and tail[-1][0] == node and tail[-1][1] + tail[-1][2] - 1 == index:
+                if (
+                    self._tails
+                    and tail
+                    and tail[-1][0] == node
+                    and tail[-1][1] + tail[-1][2] - 1 == index
+                ):
                     name, start, length = tail[-1]  # its streak is the tail's newest
                     tail = (*tail[:-1], (name, start, length - 1)) if length > 1 else tail[:-1]
                 else:
@@ -1632,9 +1637,12 @@ def _wseq(hdr: _RunHeader) -> int:
 
 
 def _last_under(txn: Txn, prefix: bytes, key: bytes) -> bool:
-    """Whether ``key`` (a fixed-width key under ``prefix``) is the last key under it."""
+    """Whether ``key`` is stored and is the last key under ``prefix`` (a missing entry,
+    in a damaged store, is then written afresh)."""
     cur = txn.cursor()
-    return not (cur.set_range(key + b"\x00") and cur.key().startswith(prefix))
+    if not cur.set_range(key) or cur.key() != key:
+        return False
+    return not (cur.next() and cur.key().startswith(prefix))
 
 
 def _seek_last(cur: Any, prefix: bytes) -> bool:
@@ -1700,21 +1708,6 @@ def _node_indices(
         if name == node and not _take(out, start, length, lo, hi, limit):
             break
     return out
-
-
-def _streaks(txn: Txn, hdr: _RunHeader) -> list[Streak]:
-    """Every streak of the run, indexed or in the tail of ``hdr`` (read in ``txn``), in
-    node index order: by node, then first index (for inspection and tests)."""
-    prefix = _keys.nodes_prefix(hdr.run_no)
-    out = [
-        (
-            key[len(prefix) : -U64.size - len(_keys.SEP)],
-            U64.unpack_from(key, len(key) - 8)[0],
-            _keys.streak_length(value),
-        )
-        for key, value in _prefix_items(txn, prefix)
-    ]
-    return sorted(out + list(hdr.tail))
 
 
 def _take(out: list[int], start: int, length: int, lo: int, hi: int, limit: int | None) -> bool:
@@ -1816,21 +1809,24 @@ class _View:
     ) -> list[tuple[str, list[int]]]:
         """Up to ``limit`` nodes that wrote checkpoints of the run, greatest first (in
         UTF-8 byte order; only those below ``below`` if given), each with the indices
-        of its checkpoints in index order. Reads node index keys only."""
+        of its checkpoints in index order. Reads node index keys and the header's tail."""
         hdr = self._header(run_id)
         if hdr is None:
             return []
         prefix = _keys.nodes_prefix(hdr.run_no)
-        bound = _keys.prefix_end(prefix) if below is None else _node_bound(prefix, below)
+        cut = len(prefix)
+        # the entries of nodes below ``below`` sort under ``limit_key``, and a node's
+        # name + SEP compares with ``end`` as its entries do with ``limit_key``
+        limit_key = None if below is None else _node_bound(prefix, below)
+        bound = _keys.prefix_end(prefix) if limit_key is None else limit_key
+        end = None if limit_key is None else limit_key[cut:]
         cur = self._txn.cursor()
         found = cur.prev() if bound is not None and cur.set_range(bound) else cur.last()
         found = found and cur.key().startswith(prefix)
-        cut = len(prefix)
         # The tail's streaks are newer than the indexed ones; a node above the greatest
         # indexed one (``top``) has no indexed streak. (Names hold no NUL, so they
         # compare as their entries' keys do.)
         top = cur.key()[cut : -U64.size - 1] if found else None
-        end = None if below is None or bound is None else bound[cut:]
         if limit == 1 and hdr.tail:  # (the latest checkpoint of a LangGraph thread)
             best = None
             for name, _first, _length in hdr.tail:
@@ -1843,16 +1839,15 @@ class _View:
                 return [(best.decode(), indices)]
         fresh: dict[bytes, list[int]] = {}
         older: dict[bytes, list[int]] = {}
-        if hdr.tail:
-            for name, first, length in hdr.tail:
-                if end is not None and name + _keys.SEP >= end:
-                    continue
-                into = fresh if top is None or name > top else older
-                got = into.get(name)
-                if got is None:
-                    into[name] = list(range(first, first + length))
-                else:
-                    got.extend(range(first, first + length))
+        for name, first, length in hdr.tail:
+            if end is not None and name + _keys.SEP >= end:
+                continue
+            into = fresh if top is None or name > top else older
+            got = into.get(name)
+            if got is None:
+                into[name] = list(range(first, first + length))
+            else:
+                got.extend(range(first, first + length))
         found_nodes = sorted(fresh.items(), reverse=True)[:limit] if fresh else []
         current = b""
         while found and (current or len(found_nodes) < limit):
