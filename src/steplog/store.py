@@ -1061,20 +1061,16 @@ class Store:
                     tail = (*tail[:-1], (name, start, length - 1)) if length > 1 else tail[:-1]
                 else:
                     _drop_node_entry(txn, hdr.run_no, node, index)
-            if self._tails:
-                new = msgspec.structs.replace(
-                    hdr, length=index, seq=seq, updated_ns=updated, status=status, tail=tail
-                )
-            else:
-                new = msgspec.structs.replace(
-                    hdr,
-                    length=index,
-                    seq=seq,
-                    updated_ns=updated,
-                    status=status,
-                    streak_node=None,
-                    streak=UNKNOWN_STREAK if index else NO_STREAK,
-                )
+            new = msgspec.structs.replace(
+                hdr,
+                length=index,
+                seq=seq,
+                updated_ns=updated,
+                status=status,
+                streak_node=None,
+                streak=UNKNOWN_STREAK if index else NO_STREAK,
+                tail=tail,
+            )
             self._set_recency(txn, hdr, new, newer=False)  # its seq went back
             self._forget(batch, run_id, hdr.run_no)
             return gone
@@ -1637,8 +1633,8 @@ def _wseq(hdr: _RunHeader) -> int:
 
 
 def _last_under(txn: Txn, prefix: bytes, key: bytes) -> bool:
-    """Whether ``key`` is stored and is the last key under ``prefix`` (a missing entry,
-    in a damaged store, is then written afresh)."""
+    """Whether ``key`` is stored and is the last key under ``prefix`` (not stored: a
+    damaged store lost it, and the caller writes it afresh)."""
     cur = txn.cursor()
     if not cur.set_range(key) or cur.key() != key:
         return False
