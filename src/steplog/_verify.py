@@ -141,10 +141,7 @@ def verify(store: Store, txn: Txn, decode_header: Any, scan: Scan) -> VerifyRepo
             seg.streaks[node, idx] = length
             # (a length past the run's end shows as one stray entry, not billions)
             run_length = seg.header.length if seg.header is not None else 0
-            for i in range(idx, min(idx + length, max(run_length, idx) + 1)):
-                if (node, i) in seg.node_entries:
-                    problem(run_id, i, "index", f"indexed twice under node {node!r}")
-                seg.node_entries.add((node, i))
+            _cover(seg, run_id, node, idx, min(idx + length, max(run_length, idx) + 1), problem)
 
     headers: dict[int, _RunHeader] = {}
     for run_no, seg in segments.items():
@@ -302,10 +299,15 @@ def _add_tail(hdr: _RunHeader, seg: _Segment, tails: bool, problem: Any) -> None
             )
             continue
         newest = start
-        for i in range(start, start + length):
-            if (node, i) in seg.node_entries:
-                problem(hdr.run_id, i, "index", f"indexed twice under node {node!r}")
-            seg.node_entries.add((node, i))
+        _cover(seg, hdr.run_id, node, start, start + length, problem)
+
+
+def _cover(seg: _Segment, run_id: str, node: str, first: int, stop: int, problem: Any) -> None:
+    """Count checkpoints ``first`` .. ``stop - 1`` as indexed under ``node``, each once."""
+    for i in range(first, stop):
+        if (node, i) in seg.node_entries:
+            problem(run_id, i, "index", f"indexed twice under node {node!r}")
+        seg.node_entries.add((node, i))
 
 
 def _check_streak_hint(hdr: _RunHeader, seg: _Segment, problem: Any) -> None:

@@ -1643,8 +1643,13 @@ def _last_under(txn: Txn, prefix: bytes, key: bytes) -> bool:
 
 def _seek_last(cur: Any, prefix: bytes) -> bool:
     """Put ``cur`` on the greatest key that starts with ``prefix``; False if none does."""
-    end = _keys.prefix_end(prefix)
-    found = cur.prev() if end is not None and cur.set_range(end) else cur.last()
+    return _seek_before(cur, _keys.prefix_end(prefix), prefix)
+
+
+def _seek_before(cur: Any, key: bytes | None, prefix: bytes) -> bool:
+    """Put ``cur`` on the greatest key below ``key`` (None: any) if it starts with
+    ``prefix``; False if it does not, or there is none."""
+    found = cur.prev() if key is not None and cur.set_range(key) else cur.last()
     return bool(found) and cur.key().startswith(prefix)
 
 
@@ -1692,8 +1697,7 @@ def _node_indices(
         return out
     first = prefix + U64.pack(lo)
     # start at the streak before ``lo`` (it may reach into [lo, hi)), else at ``lo``
-    found = cur.prev() if cur.set_range(first) else cur.last()
-    if (found and cur.key().startswith(prefix)) or cur.set_range(first):
+    if _seek_before(cur, first, prefix) or cur.set_range(first):
         for key, value in cur.iternext(keys=True, values=True):
             if not key.startswith(prefix):
                 break
@@ -1817,8 +1821,7 @@ class _View:
         bound = _keys.prefix_end(prefix) if limit_key is None else limit_key
         end = None if limit_key is None else limit_key[cut:]
         cur = self._txn.cursor()
-        found = cur.prev() if bound is not None and cur.set_range(bound) else cur.last()
-        found = found and cur.key().startswith(prefix)
+        found = _seek_before(cur, bound, prefix)
         # The tail's streaks are newer than the indexed ones; a node above the greatest
         # indexed one (``top``) has no indexed streak. (Names hold no NUL, so they
         # compare as their entries' keys do.)
