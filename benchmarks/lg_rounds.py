@@ -75,25 +75,17 @@ def spread(values: list[float]) -> str:
     return f"median {statistics.median(values):.2f}, {min(values):.2f}-{max(values):.2f}"
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--rounds", type=int, default=10)
-    ap.add_argument("--probe", type=int, help="only print this many probes, one a second")
-    ap.add_argument("--dir", type=Path, help="where the stores go (default: a temp dir)")
-    ns = ap.parse_args()
-    if ns.probe:
-        for _ in range(ns.probe):
-            print(f"{min(probe() for _ in range(5)):.2f}", end=" ", flush=True)
-            time.sleep(1)
-        print("(probe, best of five, ms)")
-        return
-    root = ns.dir or Path(tempfile.mkdtemp(prefix="steplog-rounds-"))
-    root.mkdir(parents=True, exist_ok=True)
+def at_target(ratios: list[float]) -> str:
+    return f"{sum(r >= TARGET for r in ratios)} of {len(ratios)} at {TARGET}x or more"
+
+
+def run_rounds(count: int, root: Path) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
+    """Run ``count`` rounds, printing each; return the ratios and the probes by kind."""
     args = {"threads": 20, "steps": 200, "invokes": 0, "puts_only": True}
     ratios: dict[str, list[float]] = {"steplog/sqlite": [], "floor/sqlite": [], "steplog/floor": []}
     probes: dict[str, list[float]] = {kind: [] for kind in KINDS}
     print("round  steplog  sqlite   floor  (probe ms during each)  steplog/sqlite  floor/sqlite")
-    for n in range(1, ns.rounds + 1):
+    for n in range(1, count + 1):
         rate, during = {}, {}
         for kind in KINDS:
             result, during[kind] = probing(
@@ -110,11 +102,14 @@ def main() -> None:
             f"{ratios['steplog/sqlite'][-1]:>16.2f}x{ratios['floor/sqlite'][-1]:>13.2f}x",
             flush=True,
         )
-    print(f"\n{ns.rounds} rounds")
+    return ratios, probes
+
+
+def summary(ratios: dict[str, list[float]], probes: dict[str, list[float]]) -> None:
+    print(f"\n{len(probes['steplog'])} rounds")
     for name, values in ratios.items():
         print(f"  {name:<15} {spread(values)}")
-    hits = sum(r >= TARGET for r in ratios["steplog/sqlite"])
-    print(f"  steplog/sqlite >= {TARGET}x in {hits} of {ns.rounds} rounds")
+    print(f"  steplog/sqlite: {at_target(ratios['steplog/sqlite'])}")
     for kind in KINDS:
         print(f"  probe during {kind:<8} {spread(probes[kind])} ms")
     fastest = min(min(values) for values in probes.values())
@@ -126,10 +121,29 @@ def main() -> None:
         ]
         if chosen:
             print(
-                f"  steplog/sqlite in the {len(chosen)} rounds with the host {label} during "
-                f"steplog's run: {spread(chosen)}; >= {TARGET}x in "
-                f"{sum(r >= TARGET for r in chosen)}"
+                f"  steplog/sqlite with the host {label} during steplog's run: "
+                f"{spread(chosen)}; {at_target(chosen)}"
             )
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--rounds", type=int, default=10)
+    ap.add_argument("--probe", type=int, help="only print this many probes, one a second")
+    ap.add_argument("--dir", type=Path, help="where the stores go (default: a temp dir)")
+    ns = ap.parse_args()
+    if ns.probe:
+        for _ in range(ns.probe):
+            print(f"{min(probe() for _ in range(5)):.2f}", end=" ", flush=True)
+            time.sleep(1)
+        print("(probe, best of five, ms)")
+        return
+    if ns.dir is not None:
+        ns.dir.mkdir(parents=True, exist_ok=True)
+        summary(*run_rounds(ns.rounds, ns.dir))
+        return
+    with tempfile.TemporaryDirectory(prefix="steplog-rounds-") as root:
+        summary(*run_rounds(ns.rounds, Path(root)))
 
 
 if __name__ == "__main__":
