@@ -827,6 +827,9 @@ WORKLOADS: dict[str, Callable[[Path, dict[str, Any]], dict[str, Any]]] = {
 #: every caller's serialisation; SqliteSaver waits on flushes), so one slow round in
 #: three could still decide a three-round median; five take three slow rounds.
 LG_PUT_ROUNDS = 5
+#: The [6] put workload: threads, each putting this many steps of a growing chat.
+LG_THREADS = 20
+LG_STEPS = 200
 
 
 def run_one(name: str, args: dict[str, Any], root: Path) -> dict[str, Any]:
@@ -1008,7 +1011,7 @@ def main() -> None:
     )
 
     print("LangGraph savers: growing chat, 20 threads", file=sys.stderr)
-    lg_args = {"threads": 20, "steps": 60 if q else 200, "invokes": 50 if q else 200}
+    lg_args = {"threads": LG_THREADS, "steps": 60 if q else LG_STEPS, "invokes": 50 if q else 200}
     lg = {
         k: run_one("langgraph", {**lg_args, "kind": k}, root)
         for k in ("steplog", "sqlite", "asyncsqlite", "memory", "raw")

@@ -81,7 +81,7 @@ def at_target(ratios: list[float]) -> str:
 
 def run_rounds(count: int, root: Path) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
     """Run ``count`` rounds, printing each; return the ratios and the probes by kind."""
-    args = {"threads": 20, "steps": 200, "invokes": 0, "puts_only": True}
+    args = {"threads": bench.LG_THREADS, "steps": bench.LG_STEPS, "puts_only": True}
     ratios: dict[str, list[float]] = {"steplog/sqlite": [], "floor/sqlite": [], "steplog/floor": []}
     probes: dict[str, list[float]] = {kind: [] for kind in KINDS}
     print("round  steplog  sqlite   floor  (probe ms during each)  steplog/sqlite  floor/sqlite")
